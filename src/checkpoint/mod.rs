@@ -1,0 +1,5 @@
+//! Reading and writing weights: safetensors, and the release's PyTorch checkpoints.
+
+pub mod load;
+pub mod tensors;
+pub mod torch;

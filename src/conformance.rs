@@ -1,0 +1,294 @@
+//! Checks against vectors made by the paper's reference PyTorch code (`../shared/conformance`):
+//! the token layout, the mask and positions, a training forward, and blockwise sampling with and
+//! without the KV cache. `acdit conform DIR` and the tests both run [`check_folder`].
+
+use std::path::Path;
+
+use burn::prelude::*;
+
+use crate::checkpoint::tensors::SafetensorsFile;
+use crate::checkpoint::torch::TorchCheckpoint;
+use crate::config::ModelConfig;
+use crate::diffusion::blockwise::{Generation, Observer, generate};
+use crate::diffusion::schedule::NoiseSchedule;
+use crate::diffusion::{SamplerKind, linspace_timesteps};
+use crate::layout::{patchify, position_ids};
+use crate::mask::skip_causal_mask;
+use crate::model::Acdit;
+
+/// Tolerances the reference vectors are held to, relative to the largest reference value.
+pub const FORWARD_TOLERANCE: f64 = 1e-4;
+pub const SAMPLE_TOLERANCE: f64 = 1e-3;
+
+/// One compared output.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: String,
+    /// Largest error, relative to the largest reference magnitude (0 for exact checks).
+    pub error: f64,
+    pub tolerance: f64,
+}
+
+impl Check {
+    pub fn passed(&self) -> bool {
+        self.error <= self.tolerance
+    }
+
+    fn exact(name: impl Into<String>, equal: bool) -> Self {
+        Check {
+            name: name.into(),
+            error: if equal { 0.0 } else { f64::INFINITY },
+            tolerance: 0.0,
+        }
+    }
+}
+
+/// max |ours - reference| / max |reference|.
+pub fn relative_error(ours: &[f32], reference: &[f32]) -> f64 {
+    if ours.len() != reference.len() || ours.iter().any(|v| !v.is_finite()) {
+        return f64::INFINITY;
+    }
+    let scale = reference
+        .iter()
+        .fold(0f64, |m, v| m.max(v.abs() as f64))
+        .max(1e-12);
+    let worst = ours
+        .iter()
+        .zip(reference)
+        .fold(0f64, |m, (a, b)| m.max((*a as f64 - *b as f64).abs()));
+    worst / scale
+}
+
+fn host(t: Tensor<3>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .expect("f32 tensor data")
+}
+
+fn upload(values: &[f32], shape: [usize; 3], device: &Device) -> Tensor<3> {
+    Tensor::<1>::from_floats(values, device).reshape(shape)
+}
+
+/// Runs every check of one vector folder on `device`.
+pub fn check_folder(dir: &Path, device: &Device) -> anyhow::Result<Vec<Check>> {
+    use anyhow::Context;
+    let config = ModelConfig::from_reference_json(&dir.join("config.json"))?;
+    let weights_path = dir.join("weights.safetensors");
+    let weights = crate::checkpoint::tensors::read_safetensors(&weights_path)?;
+    let model = Acdit::new(&config, device)
+        .load_tensors(&weights)
+        .with_context(|| format!("loading {}", weights_path.display()))?;
+    let mut checks = vec![check_patchify(dir, &config)?];
+
+    let torch = TorchCheckpoint::open(&dir.join("checkpoint.pt"))?;
+    let from_pt = torch.state_dict("model")?;
+    checks.push(Check::exact(
+        "checkpoint.pt model == weights.safetensors",
+        from_pt == weights,
+    ));
+    Acdit::new(&config, device).load_tensors(&torch.state_dict("ema")?)?;
+
+    checks.extend(check_forward(dir, &model)?);
+    let raw: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
+    for tag in ["cfg", "nocfg"] {
+        let settings = &raw["sample"][tag];
+        let cfg = settings["cfg"].as_f64().context("sample.cfg")?;
+        let steps = settings["steps"].as_u64().context("sample.steps")? as usize;
+        for kv_cache in [true, false] {
+            checks.extend(check_sampling(dir, &model, tag, cfg, steps, kv_cache)?);
+        }
+    }
+    Ok(checks)
+}
+
+fn check_patchify(dir: &Path, config: &ModelConfig) -> anyhow::Result<Check> {
+    let file = SafetensorsFile::open(&dir.join("patchify.safetensors"))?;
+    let pixels = if config.temporal_len == 1 {
+        file.f32("image")?
+    } else {
+        file.f32("video")?
+    };
+    let tokens = file.f32("tokens")?;
+    let n = pixels.shape[0];
+    Ok(Check::exact(
+        "patchify layout",
+        patchify(config, &pixels.data, n) == tokens.data,
+    ))
+}
+
+fn check_forward(dir: &Path, model: &Acdit) -> anyhow::Result<Vec<Check>> {
+    let config = model.config();
+    let device = model.device();
+    let file = SafetensorsFile::open(&dir.join("forward.safetensors"))?;
+    let clean = file.f32("clean_x")?;
+    let noisy = file.f32("noised_x")?;
+    let (_, t) = file.i64("t")?;
+    let (_, labels) = file.i64("y")?;
+    let eps = file.f32("eps")?;
+    let (_, mask) = file.u8("attention_mask")?;
+    let (_, positions) = file.i64("position_ids")?;
+
+    let n = clean.shape[0];
+    let shape = [n, config.seq_len(), config.latent_size];
+    let t: Vec<f32> = t.iter().map(|&v| v as f32).collect();
+    let ours = model.forward_train(
+        upload(&clean.data, shape, &device),
+        upload(&noisy.data, shape, &device),
+        &t,
+        &labels,
+    );
+    let our_mask = skip_causal_mask(config.ar_len, config.block_size);
+    let our_positions: Vec<i64> = position_ids(config)
+        .iter()
+        .flat_map(|axis| [axis.as_slice(), axis.as_slice()].concat())
+        .map(|p| p as i64)
+        .collect();
+    Ok(vec![
+        Check::exact(
+            "attention_mask == skip_causal_mask",
+            mask.iter().map(|&m| m != 0).eq(our_mask.iter().copied()),
+        ),
+        Check::exact("position_ids", positions == our_positions),
+        Check {
+            name: "training forward eps".into(),
+            error: relative_error(&host(ours), &eps.data),
+            tolerance: FORWARD_TOLERANCE,
+        },
+    ])
+}
+
+/// Records every model output in call order.
+struct Recorder(Vec<Vec<f32>>);
+
+impl Observer for Recorder {
+    fn model_output(&mut self, _block: usize, _step: usize, output: &Tensor<3>) {
+        self.0.push(host(output.clone()));
+    }
+}
+
+fn check_sampling(
+    dir: &Path,
+    model: &Acdit,
+    tag: &str,
+    cfg: f64,
+    steps: usize,
+    kv_cache: bool,
+) -> anyhow::Result<Vec<Check>> {
+    let config = model.config();
+    let device = model.device();
+    let file = SafetensorsFile::open(&dir.join("sample.safetensors"))?;
+    let (_, labels) = file.i64(&format!("{tag}.labels"))?;
+    let noise = file.f32(&format!("{tag}.noise"))?;
+    let (_, timesteps) = file.i64(&format!("{tag}.timesteps"))?;
+    let outputs = file.f32(&format!("{tag}.model_out"))?;
+    let final_tokens = file.f32(&format!("{tag}.out"))?;
+    let reference_schedule = file.f32("alphas_cumprod")?;
+
+    let schedule = NoiseSchedule::ddpm();
+    let ours_acp: Vec<f32> = schedule.alphas_cumprod.iter().map(|&a| a as f32).collect();
+    let n = labels.len();
+    let block_values = config.block_size * config.latent_size;
+    let block_noise = |block: usize| {
+        let values: Vec<f32> = (0..n)
+            .flat_map(|i| {
+                let start = (i * config.ar_len + block) * block_values;
+                noise.data[start..start + block_values].to_vec()
+            })
+            .collect();
+        upload(&values, [n, config.block_size, config.latent_size], &device)
+    };
+    let generation = Generation {
+        sampler: SamplerKind::DpmSolver2M,
+        steps,
+        cfg,
+        kv_cache,
+    };
+    let mut recorder = Recorder(Vec::new());
+    let tokens = generate(
+        model,
+        &labels,
+        &generation,
+        &schedule,
+        block_noise,
+        &mut rand::rng(),
+        &mut recorder,
+    );
+    let path = if kv_cache { "cached" } else { "recomputed" };
+    let call_len = outputs.numel() / outputs.shape[0];
+    let worst_call = recorder
+        .0
+        .iter()
+        .enumerate()
+        .map(|(call, ours)| {
+            relative_error(ours, &outputs.data[call * call_len..(call + 1) * call_len])
+        })
+        .fold(0f64, f64::max);
+    let expected_timesteps: Vec<i64> = linspace_timesteps(1000, steps)
+        .iter()
+        .map(|&t| t as i64)
+        .collect();
+    Ok(vec![
+        Check::exact(format!("{tag} timesteps"), timesteps == expected_timesteps),
+        Check {
+            name: format!("{tag} alphas_cumprod"),
+            error: relative_error(&ours_acp, &reference_schedule.data),
+            tolerance: 1e-6,
+        },
+        Check::exact(
+            format!("{tag} {path}: number of model calls"),
+            recorder.0.len() == outputs.shape[0],
+        ),
+        Check {
+            name: format!("{tag} {path}: every model output"),
+            error: worst_call,
+            tolerance: SAMPLE_TOLERANCE,
+        },
+        Check {
+            name: format!("{tag} {path}: sampled tokens"),
+            error: relative_error(&host(tokens), &final_tokens.data),
+            tolerance: SAMPLE_TOLERANCE,
+        },
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vector_dirs() -> Vec<std::path::PathBuf> {
+        let root = std::env::var_os("ACDIT_CONFORMANCE")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance"));
+        let mut dirs: Vec<_> = std::fs::read_dir(&root)
+            .unwrap_or_else(|e| panic!("conformance vectors at {}: {e}", root.display()))
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.join("config.json").exists())
+            .collect();
+        dirs.sort();
+        dirs
+    }
+
+    #[test]
+    fn every_reference_vector_folder_conforms() {
+        let dirs = vector_dirs();
+        assert!(
+            dirs.len() >= 2,
+            "expected img_tiny and vid_tiny, found {dirs:?}"
+        );
+        for dir in dirs {
+            let checks = check_folder(&dir, &Device::flex()).unwrap();
+            let failed: Vec<_> = checks.iter().filter(|c| !c.passed()).collect();
+            assert!(failed.is_empty(), "{}: {failed:#?}", dir.display());
+        }
+    }
+
+    #[test]
+    fn relative_error_is_scaled_by_the_reference() {
+        assert_eq!(relative_error(&[1.0, 2.0], &[1.0, 2.0]), 0.0);
+        assert!((relative_error(&[1.0, 2.2], &[1.0, 2.0]) - 0.1).abs() < 1e-6);
+        assert_eq!(relative_error(&[f32::NAN], &[1.0]), f64::INFINITY);
+        assert_eq!(relative_error(&[1.0], &[1.0, 2.0]), f64::INFINITY);
+    }
+}

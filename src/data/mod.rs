@@ -1,0 +1,297 @@
+//! Image datasets held as one flat `f32` buffer, so that a batch is a slice
+//! copy and every loader (IDX files, image folders, the embedded MNIST subset)
+//! hands the trainer the same thing.
+
+pub mod fetch;
+pub mod idx;
+pub mod image_folder;
+
+use std::path::{Path, PathBuf};
+
+/// Labelled images, scaled to the diffusion model's [-1, 1] range.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageDataset {
+    /// (n, channels, height, width), each value in [-1, 1].
+    pub images: Vec<f32>,
+    /// (n,), each value below `num_classes`.
+    pub labels: Vec<u32>,
+    pub n: usize,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub num_classes: usize,
+    /// (num_classes,): the name of each class id.
+    pub class_names: Vec<String>,
+}
+
+/// A byte pixel scaled to [-1, 1]: 0 maps to -1, 255 to 1.
+fn scale(byte: u8) -> f32 {
+    f32::from(byte) / 127.5 - 1.0
+}
+
+impl ImageDataset {
+    /// Values in one image: channels * height * width.
+    pub fn image_len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    /// Image `i`: (channels, height, width), row-major. Panics if `i >= n`.
+    pub fn image(&self, i: usize) -> &[f32] {
+        let len = self.image_len();
+        &self.images[i * len..(i + 1) * len]
+    }
+
+    /// Checks that the buffers agree with the shape fields, labels are in
+    /// range and pixels lie in [-1, 1], for datasets built or edited by hand.
+    pub fn validate(&self) -> Result<(), DataError> {
+        let invalid = |what: String| Err(DataError::Invalid(what));
+        if self.images.len() != self.n * self.image_len() {
+            return invalid(format!(
+                "{} image values for {} images of {}x{}x{}",
+                self.images.len(),
+                self.n,
+                self.channels,
+                self.height,
+                self.width
+            ));
+        }
+        if self.labels.len() != self.n {
+            return invalid(format!(
+                "{} labels for {} images",
+                self.labels.len(),
+                self.n
+            ));
+        }
+        if self.class_names.len() != self.num_classes {
+            return invalid(format!(
+                "{} class names for {} classes",
+                self.class_names.len(),
+                self.num_classes
+            ));
+        }
+        if let Some(label) = self
+            .labels
+            .iter()
+            .find(|&&l| l as usize >= self.num_classes)
+        {
+            return invalid(format!(
+                "label {label} is out of range for {} classes",
+                self.num_classes
+            ));
+        }
+        if let Some(v) = self.images.iter().find(|v| !(-1.0..=1.0).contains(*v)) {
+            return invalid(format!("pixel value {v} is outside [-1, 1]"));
+        }
+        Ok(())
+    }
+
+    /// The images at `indices`, in that order (a range or any list of
+    /// indices, repeats allowed). Panics on an index `>= n`.
+    pub fn subset(&self, indices: impl IntoIterator<Item = usize>) -> ImageDataset {
+        let mut images = Vec::new();
+        let mut labels = Vec::new();
+        for i in indices {
+            images.extend_from_slice(self.image(i));
+            labels.push(self.labels[i]);
+        }
+        ImageDataset {
+            images,
+            n: labels.len(),
+            labels,
+            class_names: self.class_names.clone(),
+            ..*self
+        }
+    }
+}
+
+/// Why a dataset could not be loaded; each message names the file or folder.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: corrupt gzip data: {source}")]
+    Gzip {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: expected magic 0x{expected:08x}, found 0x{found:08x}")]
+    Magic {
+        path: PathBuf,
+        expected: u32,
+        found: u32,
+    },
+    #[error("{path}: truncated: the header needs {expected} bytes, the file has {found}")]
+    Truncated {
+        path: PathBuf,
+        expected: usize,
+        found: usize,
+    },
+    #[error("{path}: {found} bytes, but the header needs exactly {expected}")]
+    TrailingBytes {
+        path: PathBuf,
+        expected: usize,
+        found: usize,
+    },
+    #[error("{dir}: neither {name} nor {name}.gz found")]
+    MissingFile { dir: PathBuf, name: String },
+    #[error(
+        "images file {images_path} has {images} items but labels file {labels_path} has {labels}"
+    )]
+    CountMismatch {
+        images_path: PathBuf,
+        images: usize,
+        labels_path: PathBuf,
+        labels: usize,
+    },
+    #[error("label {label} in labels file {path} is out of range for {num_classes} classes")]
+    LabelOutOfRange {
+        path: PathBuf,
+        label: u32,
+        num_classes: usize,
+    },
+    #[error("folder {path} has no class subfolders")]
+    NoClasses { path: PathBuf },
+    #[error("folder {path} has no images")]
+    NoImages { path: PathBuf },
+    #[error("image {path}: {source}")]
+    Image {
+        path: PathBuf,
+        source: image::ImageError,
+    },
+    #[error(
+        "image {path} is {width}x{height} but the dataset's images are {expected_width}x{expected_height}"
+    )]
+    SizeMismatch {
+        path: PathBuf,
+        width: u32,
+        height: u32,
+        expected_width: u32,
+        expected_height: u32,
+    },
+    #[error("channels must be 1 (luma) or 3 (RGB), not {0}")]
+    Channels(usize),
+    #[error("{path}: expected dims {expected:?}, found {found:?}")]
+    WrongDims {
+        path: PathBuf,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("{program} not found: {hint}, or place the IDX files in {dest} yourself")]
+    ToolMissing {
+        program: String,
+        hint: String,
+        dest: PathBuf,
+    },
+    #[error("fetching into {dest}: `{command}` failed: {stderr}")]
+    ToolFailed {
+        dest: PathBuf,
+        command: String,
+        stderr: String,
+    },
+    #[error("fetching into {dest}: {message}")]
+    Download { dest: PathBuf, message: String },
+    #[error("invalid dataset: {0}")]
+    Invalid(String),
+}
+
+impl DataError {
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
+        move |source| DataError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// A uniquely named folder under the system temp dir, removed on drop: the
+/// fetcher's unpacking room, and the tests' scratch space.
+pub(crate) struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    pub(crate) fn new(purpose: &str) -> Result<ScratchDir, DataError> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("acdit-{purpose}-{}-{unique}", std::process::id()));
+        // A leftover from a crashed run with the same pid would hold stale files.
+        if path.exists() {
+            std::fs::remove_dir_all(&path).map_err(DataError::io(&path))?;
+        }
+        std::fs::create_dir_all(&path).map_err(DataError::io(&path))?;
+        Ok(ScratchDir(path))
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        // Best effort: a leftover temp folder is harmless.
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> ImageDataset {
+        ImageDataset {
+            images: (0..3 * 4).map(|v| v as f32 / 12.0).collect(),
+            labels: vec![0, 1, 2],
+            n: 3,
+            channels: 1,
+            height: 2,
+            width: 2,
+            num_classes: 3,
+            class_names: vec!["a".into(), "b".into(), "c".into()],
+        }
+    }
+
+    #[test]
+    fn scale_maps_byte_ends_to_minus_one_and_one() {
+        assert_eq!(scale(0), -1.0);
+        assert_eq!(scale(255), 1.0);
+    }
+
+    #[test]
+    fn image_returns_the_ith_chw_slice() {
+        let ds = tiny();
+        assert_eq!(ds.image(1), &ds.images[4..8]);
+    }
+
+    #[test]
+    fn subset_takes_ranges_and_index_lists_in_order() {
+        let ds = tiny();
+        let range = ds.subset(1..3);
+        assert_eq!((range.n, range.labels.clone()), (2, vec![1, 2]));
+        assert_eq!(range.image(0), ds.image(1));
+        let picked = ds.subset([2, 0, 2]);
+        assert_eq!(picked.labels, vec![2, 0, 2]);
+        assert_eq!(picked.image(1), ds.image(0));
+        picked.validate().unwrap();
+    }
+
+    #[test]
+    fn validate_rejects_each_broken_invariant() {
+        tiny().validate().unwrap();
+        let broken: [fn(&mut ImageDataset); 5] = [
+            |d| d.images.truncate(11),
+            |d| d.labels.truncate(2),
+            |d| d.class_names.truncate(2),
+            |d| d.labels[0] = 3,
+            |d| d.images[0] = 1.5,
+        ];
+        for breaks in broken {
+            let mut ds = tiny();
+            breaks(&mut ds);
+            assert!(matches!(ds.validate(), Err(DataError::Invalid(_))));
+        }
+    }
+}

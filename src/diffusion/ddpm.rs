@@ -1,0 +1,56 @@
+//! DDPM ancestral sampling on the linspace timestep subsequence: the posterior q(x_s | x_t, x_0)
+//! with the model's x_0, plus fresh noise at every step but the last.
+
+use burn::prelude::*;
+use rand::RngCore;
+use rand_distr::{Distribution, StandardNormal};
+
+use super::schedule::NoiseSchedule;
+use super::{Sampler, linspace_timesteps};
+
+pub struct Ddpm {
+    timesteps: Vec<usize>,
+    alphas: Vec<f64>,
+}
+
+impl Ddpm {
+    pub fn new(schedule: &NoiseSchedule, steps: usize) -> Self {
+        let timesteps = linspace_timesteps(schedule.train_steps(), steps);
+        let mut alphas: Vec<f64> = timesteps
+            .iter()
+            .map(|&t| schedule.alphas_cumprod[t])
+            .collect();
+        alphas.push(1.0);
+        Self { timesteps, alphas }
+    }
+}
+
+impl Sampler for Ddpm {
+    fn timesteps(&self) -> &[usize] {
+        &self.timesteps
+    }
+
+    fn step(
+        &mut self,
+        index: usize,
+        eps: Tensor<3>,
+        sample: Tensor<3>,
+        rng: &mut dyn RngCore,
+    ) -> Tensor<3> {
+        let (a_t, a_prev) = (self.alphas[index], self.alphas[index + 1]);
+        let x0 = (sample.clone() - eps * (1.0 - a_t).sqrt()) / a_t.sqrt();
+        let beta = 1.0 - a_t / a_prev;
+        let mean = x0 * (a_prev.sqrt() * beta / (1.0 - a_t))
+            + sample * ((1.0 - beta).sqrt() * (1.0 - a_prev) / (1.0 - a_t));
+        if index + 1 == self.timesteps.len() {
+            return mean;
+        }
+        let std = (beta * (1.0 - a_prev) / (1.0 - a_t)).sqrt();
+        let dims = mean.dims();
+        let noise: Vec<f32> = (0..dims.iter().product::<usize>())
+            .map(|_| StandardNormal.sample(rng))
+            .collect();
+        let noise = Tensor::<1>::from_floats(noise.as_slice(), &mean.device()).reshape(dims);
+        mean + noise * std
+    }
+}

@@ -1,0 +1,80 @@
+//! Diffusion: the training noise schedule, the samplers, and blockwise generation with guidance.
+
+pub mod blockwise;
+pub mod ddim;
+pub mod ddpm;
+pub mod dpm_solver;
+pub mod schedule;
+
+use burn::prelude::*;
+use rand::RngCore;
+
+use schedule::NoiseSchedule;
+
+/// Which update rule turns the model's noise prediction into the next sample.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+pub enum SamplerKind {
+    /// DPM-Solver++ 2M (multistep, midpoint), as the paper samples.
+    #[value(name = "dpm++2m")]
+    DpmSolver2M,
+    /// DDIM, deterministic (eta = 0).
+    Ddim,
+    /// DDPM ancestral sampling on the same timestep subsequence.
+    Ddpm,
+}
+
+/// A sampler walks one block from noise to data, one model call per timestep.
+pub trait Sampler {
+    /// The training timesteps at which the model is called, in call order.
+    fn timesteps(&self) -> &[usize];
+
+    /// sample x_t and the model's noise prediction at call `index` -> the next sample; all
+    /// (n, tokens, latent). `rng` draws fresh noise for stochastic samplers.
+    fn step(
+        &mut self,
+        index: usize,
+        eps: Tensor<3>,
+        sample: Tensor<3>,
+        rng: &mut dyn RngCore,
+    ) -> Tensor<3>;
+}
+
+/// Timesteps spaced evenly over the training range, as diffusers' "linspace" spacing:
+/// `round(linspace(0, T-1, steps + 1))` reversed, without the final 0.
+pub fn linspace_timesteps(train_steps: usize, steps: usize) -> Vec<usize> {
+    let last = (train_steps - 1) as f64;
+    let mut ts: Vec<usize> = (0..=steps)
+        // NumPy rounds halves to even.
+        .map(|i| (last * i as f64 / steps as f64).round_ties_even() as usize)
+        .collect();
+    ts.reverse();
+    ts.truncate(steps);
+    ts
+}
+
+/// A fresh sampler of `kind` with `steps` model calls per block.
+pub fn new_sampler(kind: SamplerKind, schedule: &NoiseSchedule, steps: usize) -> Box<dyn Sampler> {
+    match kind {
+        SamplerKind::DpmSolver2M => Box::new(dpm_solver::DpmSolver2M::new(schedule, steps)),
+        SamplerKind::Ddim => Box::new(ddim::Ddim::new(schedule, steps)),
+        SamplerKind::Ddpm => Box::new(ddpm::Ddpm::new(schedule, steps)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linspace_timesteps_match_diffusers() {
+        assert_eq!(
+            linspace_timesteps(1000, 10),
+            vec![999, 899, 799, 699, 599, 500, 400, 300, 200, 100]
+        );
+        assert_eq!(linspace_timesteps(1000, 1), vec![999]);
+        // 999 * 5 / 6 = 832.5 rounds to the even 832, as numpy does.
+        assert_eq!(linspace_timesteps(1000, 6)[1], 832);
+    }
+}

@@ -1,0 +1,19 @@
+//! ACDiT: the Autoregressive blockwise Conditional Diffusion Transformer.
+//!
+//! The path of the data: `data` -> `train` -> `checkpoint` -> `sampling` (with `diffusion`) ->
+//! `output`. The network lives in `model`, the Skip-Causal Attention Mask in `mask`, the token
+//! layout in `layout`, and `conformance` checks everything against the reference's vectors.
+
+pub mod bench;
+pub mod checkpoint;
+pub mod config;
+pub mod conformance;
+pub mod data;
+pub mod device;
+pub mod diffusion;
+pub mod layout;
+pub mod mask;
+pub mod model;
+pub mod output;
+pub mod sampling;
+pub mod train;

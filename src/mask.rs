@@ -1,0 +1,133 @@
+//! The Skip-Causal Attention Mask (SCAM) of training, and the small mask of a cached sampling step.
+
+use burn::prelude::*;
+
+/// Which keys each query may attend to during training, for `blocks` blocks of `block_len` tokens
+/// laid out as [clean | noisy]; row-major (2 * blocks * block_len)^2, true = may attend.
+///
+/// Clean block i sees clean blocks 0..=i; noisy block i sees clean blocks 0..i and itself; nothing
+/// but a noisy block itself sees noisy tokens.
+pub fn skip_causal_mask(blocks: usize, block_len: usize) -> Vec<bool> {
+    let half = blocks * block_len;
+    let n = 2 * half;
+    let block = |i: usize| (i % half) / block_len;
+    let clean = |i: usize| i < half;
+    (0..n * n)
+        .map(|k| {
+            let (q, kv) = (k / n, k % n);
+            match (clean(q), clean(kv)) {
+                (true, true) => block(kv) <= block(q),
+                (false, true) => block(kv) < block(q),
+                (false, false) => block(kv) == block(q),
+                (true, false) => false,
+            }
+        })
+        .collect()
+}
+
+/// The mask of a cached step that feeds [clean block i-1, noisy block i] after `cached` tokens of
+/// earlier blocks: (2 * block_len) x (cached + 2 * block_len), true = may attend. The clean block
+/// sees the cache and itself; the noisy block sees everything.
+pub fn cached_step_mask(cached: usize, block_len: usize) -> Vec<bool> {
+    let keys = cached + 2 * block_len;
+    (0..2 * block_len * keys)
+        .map(|k| {
+            let (q, kv) = (k / keys, k % keys);
+            q >= block_len || kv < cached + block_len
+        })
+        .collect()
+}
+
+/// The cache-free sampling mask for [clean blocks 0..clean_blocks | noisy block clean_blocks]:
+/// the Skip-Causal Attention Mask of `clean_blocks + 1` blocks restricted to those tokens.
+pub fn prefix_mask(clean_blocks: usize, block_len: usize) -> Vec<bool> {
+    let half = (clean_blocks + 1) * block_len;
+    let n = 2 * half;
+    let full = skip_causal_mask(clean_blocks + 1, block_len);
+    let kept: Vec<usize> = (0..clean_blocks * block_len)
+        .chain(half + clean_blocks * block_len..n)
+        .collect();
+    kept.iter()
+        .flat_map(|&q| kept.iter().map(move |&kv| (q, kv)))
+        .map(|(q, kv)| full[q * n + kv])
+        .collect()
+}
+
+/// An additive attention bias from a boolean mask: 0 where allowed, -inf where not.
+/// allowed: (queries x keys) row-major -> (1, 1, queries, keys).
+pub fn additive_bias(allowed: &[bool], queries: usize, keys: usize, device: &Device) -> Tensor<4> {
+    let values: Vec<f32> = allowed
+        .iter()
+        .map(|&a| if a { 0.0 } else { f32::NEG_INFINITY })
+        .collect();
+    Tensor::<1>::from_floats(values.as_slice(), device).reshape([1, 1, queries, keys])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The rule stated directly on (query block, key block, halves), as the paper's figure draws it.
+    fn allowed_by_rule(q: usize, kv: usize, blocks: usize, block_len: usize) -> bool {
+        let half = blocks * block_len;
+        let (q_noisy, kv_noisy) = (q >= half, kv >= half);
+        let (qb, kb) = ((q % half) / block_len, (kv % half) / block_len);
+        if kv_noisy {
+            q_noisy && qb == kb
+        } else if q_noisy {
+            kb < qb
+        } else {
+            kb <= qb
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn mask_rows_follow_the_skip_causal_rule(blocks in 1usize..6, block_len in 1usize..6) {
+            let mask = skip_causal_mask(blocks, block_len);
+            let n = 2 * blocks * block_len;
+            prop_assert_eq!(mask.len(), n * n);
+            for q in 0..n {
+                for kv in 0..n {
+                    prop_assert_eq!(mask[q * n + kv], allowed_by_rule(q, kv, blocks, block_len));
+                }
+            }
+        }
+
+        #[test]
+        fn cached_step_mask_is_the_training_mask_restricted(blocks in 2usize..6, block_len in 1usize..5) {
+            // Block i's first cached step sees what the training mask lets clean block i-1 and
+            // noisy block i see, with the keys of clean blocks 0..i-1 standing in the cache.
+            let i = blocks - 1;
+            let cached = (i - 1) * block_len;
+            let step = cached_step_mask(cached, block_len);
+            let full = skip_causal_mask(blocks, block_len);
+            let n = 2 * blocks * block_len;
+            let half = blocks * block_len;
+            let keys = cached + 2 * block_len;
+            let query_rows: Vec<usize> = ((i - 1) * block_len..i * block_len)
+                .chain(half + i * block_len..half + (i + 1) * block_len)
+                .collect();
+            let key_cols: Vec<usize> = (0..i * block_len)
+                .chain(half + i * block_len..half + (i + 1) * block_len)
+                .collect();
+            for (r, &q) in query_rows.iter().enumerate() {
+                for (c, &kv) in key_cols.iter().enumerate() {
+                    prop_assert_eq!(step[r * keys + c], full[q * n + kv]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn one_block_is_full_sequence_diffusion() {
+        // With a single block the noisy half attends to itself only, fully: plain DiT.
+        let mask = skip_causal_mask(1, 4);
+        for q in 4..8 {
+            for kv in 0..8 {
+                assert_eq!(mask[q * 8 + kv], kv >= 4);
+            }
+        }
+    }
+}

@@ -1,0 +1,493 @@
+//! The ACDiT network: patch embedding, condition embedders, DiT blocks under the Skip-Causal
+//! Attention Mask, and the final layer; with a training forward over [clean | noisy], a cached
+//! sampling step and a cache-free sampling step.
+
+pub mod attention;
+pub mod block;
+pub mod cache;
+pub mod embed;
+pub mod norm;
+pub mod rope;
+pub mod weights;
+
+use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::prelude::*;
+
+use crate::config::ModelConfig;
+use crate::layout::position_ids;
+use crate::mask::{additive_bias, cached_step_mask, prefix_mask, skip_causal_mask};
+use attention::CacheUse;
+use block::{DitBlock, FinalLayer, Tokens, cond_silu};
+use cache::KvCache;
+use embed::{LabelEmbedder, TimestepEmbedder};
+use rope::Rope;
+
+/// A linear layer with the reference's initialisation: Xavier-uniform weight, zero bias.
+pub(crate) fn linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Linear {
+    LinearConfig::new(d_in, d_out)
+        .with_bias(bias)
+        .with_initializer(Initializer::XavierUniform { gain: 1.0 })
+        .init(device)
+        .map_bias_to_zero()
+}
+
+trait ZeroBias {
+    fn map_bias_to_zero(self) -> Self;
+}
+
+impl ZeroBias for Linear {
+    fn map_bias_to_zero(mut self) -> Self {
+        self.bias = self.bias.map(|b| b.map(|t| t.zeros_like()));
+        self
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Acdit {
+    pub x_embedder: Linear,
+    pub t_embedder: TimestepEmbedder,
+    pub y_embedder: LabelEmbedder,
+    pub blocks: Vec<DitBlock>,
+    pub final_layer: FinalLayer,
+    #[module(skip)]
+    config: ModelConfig,
+    #[module(skip)]
+    rope: Rope,
+    /// RoPE position of each token in block order, (axes, seq_len).
+    #[module(skip)]
+    positions: Vec<Vec<usize>>,
+}
+
+impl Acdit {
+    /// A freshly initialised model (adaLN-Zero: every block starts as the identity).
+    pub fn new(config: &ModelConfig, device: &Device) -> Self {
+        let hidden = config.hidden_size;
+        let x_embedder = LinearConfig::new(config.latent_size, hidden)
+            .with_bias(false)
+            .with_initializer(Initializer::XavierUniform { gain: 1.0 })
+            .init(device);
+        let mut t_embedder = TimestepEmbedder::new(hidden, device);
+        let normal = Initializer::Normal {
+            mean: 0.0,
+            std: 0.02,
+        };
+        for layer in [&mut t_embedder.mlp_in, &mut t_embedder.mlp_out] {
+            let [d_in, d_out] = layer.weight.lazy_shape().dims();
+            layer.weight = normal.init_with([d_in, d_out], Some(d_in), Some(d_out), device);
+        }
+        Self {
+            x_embedder,
+            t_embedder,
+            y_embedder: LabelEmbedder::new(config.num_classes, hidden, device),
+            blocks: (0..config.depth)
+                .map(|_| {
+                    DitBlock::new(
+                        hidden,
+                        config.num_heads,
+                        config.mlp_hidden(),
+                        config.rms_eps,
+                        device,
+                    )
+                })
+                .collect(),
+            final_layer: FinalLayer::new(hidden, config.latent_size, config.rms_eps, device),
+            config: config.clone(),
+            rope: Rope::new(config),
+            positions: position_ids(config),
+        }
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> Device {
+        self.x_embedder.weight.val().device()
+    }
+
+    /// Training forward over [clean | noisy] under the Skip-Causal Attention Mask.
+    ///
+    /// clean, noisy: (n, seq_len, latent); t: (n * ar_len) timesteps, one per block, item-major;
+    /// labels: (n), `num_classes` = null -> predicted noise of the noisy half, (n, seq_len, latent).
+    pub fn forward_train(
+        &self,
+        clean: Tensor<3>,
+        noisy: Tensor<3>,
+        t: &[f32],
+        labels: &[i64],
+    ) -> Tensor<3> {
+        let (blocks, block_len) = (self.config.ar_len, self.config.block_size);
+        let seq = blocks * block_len;
+        let cond = self.conditions(t, labels, blocks);
+        let x = Tensor::cat(
+            vec![
+                self.x_embedder.forward(clean),
+                self.x_embedder.forward(noisy),
+            ],
+            1,
+        );
+        let positions: Vec<Vec<usize>> = self
+            .positions
+            .iter()
+            .map(|axis| [axis.as_slice(), axis.as_slice()].concat())
+            .collect();
+        let bias = additive_bias(
+            &skip_causal_mask(blocks, block_len),
+            2 * seq,
+            2 * seq,
+            &self.device(),
+        );
+        self.run(x, seq, cond, &positions, Some(bias), None)
+    }
+
+    /// One cached sampling call for block `block`.
+    ///
+    /// On the block's first step (block > 0) `clean_prev` is the finished block `block - 1`,
+    /// (n, block_size, latent): it is fed before the noisy block and its keys and values join
+    /// `cache`. Later steps feed the noisy block alone and attend to the cache.
+    /// noisy: (n, block_size, latent); t, labels: (n) -> predicted noise (n, block_size, latent).
+    pub fn forward_cached(
+        &self,
+        noisy: Tensor<3>,
+        clean_prev: Option<Tensor<3>>,
+        t: &[f32],
+        labels: &[i64],
+        block: usize,
+        cache: &mut KvCache,
+    ) -> Tensor<3> {
+        let block_len = self.config.block_size;
+        let cond = self.conditions(t, labels, 1);
+        let noisy_positions = block * block_len..(block + 1) * block_len;
+        let (x, clean, token_range, bias) = match clean_prev {
+            Some(prev) => {
+                let x = Tensor::cat(
+                    vec![
+                        self.x_embedder.forward(prev),
+                        self.x_embedder.forward(noisy),
+                    ],
+                    1,
+                );
+                let mask = cached_step_mask(cache.len(), block_len);
+                let bias = additive_bias(
+                    &mask,
+                    2 * block_len,
+                    cache.len() + 2 * block_len,
+                    &self.device(),
+                );
+                (
+                    x,
+                    block_len,
+                    (block - 1) * block_len..noisy_positions.end,
+                    Some(bias),
+                )
+            }
+            None => (self.x_embedder.forward(noisy), 0, noisy_positions, None),
+        };
+        let positions: Vec<Vec<usize>> = self
+            .positions
+            .iter()
+            .map(|axis| axis[token_range.clone()].to_vec())
+            .collect();
+        self.run(x, clean, cond, &positions, bias, Some(cache))
+    }
+
+    /// The cache-free reference of a sampling call: recomputes [clean blocks 0..block | noisy
+    /// block] under the Skip-Causal Attention Mask.
+    ///
+    /// clean_prefix: (n, block * block_size, latent) or None for block 0; noisy: (n, block_size,
+    /// latent); t, labels: (n) -> predicted noise (n, block_size, latent).
+    pub fn forward_recompute(
+        &self,
+        noisy: Tensor<3>,
+        clean_prefix: Option<Tensor<3>>,
+        t: &[f32],
+        labels: &[i64],
+        block: usize,
+    ) -> Tensor<3> {
+        let block_len = self.config.block_size;
+        let cond = self.conditions(t, labels, 1);
+        let clean = block * block_len;
+        let x = match clean_prefix {
+            Some(prefix) => Tensor::cat(
+                vec![
+                    self.x_embedder.forward(prefix),
+                    self.x_embedder.forward(noisy),
+                ],
+                1,
+            ),
+            None => self.x_embedder.forward(noisy),
+        };
+        let positions: Vec<Vec<usize>> = self
+            .positions
+            .iter()
+            .map(|axis| [&axis[..clean], &axis[clean..clean + block_len]].concat())
+            .collect();
+        let tokens = clean + block_len;
+        let bias = additive_bias(
+            &prefix_mask(block, block_len),
+            tokens,
+            tokens,
+            &self.device(),
+        );
+        self.run(x, clean, cond, &positions, Some(bias), None)
+    }
+
+    /// Per-block conditions t_emb + y_emb: t (n * groups), labels (n) -> (n, groups, hidden).
+    fn conditions(&self, t: &[f32], labels: &[i64], groups: usize) -> Tensor<3> {
+        let device = self.device();
+        let n = labels.len();
+        let t_emb =
+            self.t_embedder
+                .forward(t, &device)
+                .reshape([n, groups, self.config.hidden_size]);
+        let labels = Tensor::<1, Int>::from_ints(labels, &device);
+        t_emb + self.y_embedder.forward(labels).unsqueeze_dim::<3>(1)
+    }
+
+    /// Runs the blocks over x (n, clean + noisy, hidden) and the final layer over the noisy tokens.
+    fn run(
+        &self,
+        x: Tensor<3>,
+        clean: usize,
+        cond: Tensor<3>,
+        positions: &[Vec<usize>],
+        bias: Option<Tensor<4>>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
+        let rope = self.rope.table(positions, &self.device());
+        let cond = cond_silu(cond);
+        let mut tokens = Tokens { x, clean };
+        for (layer, block) in self.blocks.iter().enumerate() {
+            let cache_use = cache.as_deref_mut().map(|cache| CacheUse {
+                cache,
+                layer,
+                append: clean,
+            });
+            tokens = block.forward(tokens, cond.clone(), &rope, bias.clone(), cache_use);
+        }
+        let [_, total, _] = tokens.x.dims();
+        let noisy = tokens.x.narrow(1, clean, total - clean);
+        self.final_layer.forward(noisy, cond)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::checkpoint::tensors::NamedTensors;
+    use crate::config::Preset;
+    use crate::diffusion::SamplerKind;
+    use crate::diffusion::blockwise::{Generation, Quiet, generate};
+    use crate::diffusion::schedule::NoiseSchedule;
+    use burn::module::{ModuleVisitor, Param};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// A tiny image model: 8x8 pixels, patch 2 (4x4 tokens), square blocks of `block_side^2`.
+    pub(crate) fn tiny_config(block_side: usize) -> ModelConfig {
+        let mut config = ModelConfig::image(1, 8, 2, block_side, 128, 2, 10);
+        config.rope_max_lens = vec![4, 4];
+        config
+    }
+
+    /// A model whose every weight is random, so no zero-initialised layer hides another.
+    pub(crate) fn random_model(config: &ModelConfig, device: &Device, seed: u64) -> Acdit {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let model = Acdit::new(config, device);
+        let tensors: NamedTensors = model
+            .to_tensors()
+            .into_iter()
+            .map(|(name, mut t)| {
+                for v in t.data.iter_mut() {
+                    *v = rng.random_range(-0.1..0.1)
+                        + if name.ends_with("norm.weight")
+                            || name.contains("norm1")
+                            || name.contains("norm2")
+                        {
+                            1.0
+                        } else {
+                            0.0
+                        };
+                }
+                (name, t)
+            })
+            .collect();
+        model.load_tensors(&tensors).unwrap()
+    }
+
+    pub(crate) fn random_tensor(
+        shape: [usize; 3],
+        rng: &mut ChaCha8Rng,
+        device: &Device,
+    ) -> Tensor<3> {
+        let values: Vec<f32> = (0..shape.iter().product::<usize>())
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        Tensor::<1>::from_floats(values.as_slice(), device).reshape(shape)
+    }
+
+    fn max_abs_diff(a: Tensor<3>, b: Tensor<3>) -> f32 {
+        (a - b).abs().max().into_scalar::<f32>()
+    }
+
+    #[test]
+    fn every_parameter_gets_a_gradient() {
+        let device = Device::flex().autodiff();
+        let config = tiny_config(2);
+        let model = random_model(&config, &device, 1);
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let shape = [2, config.seq_len(), config.latent_size];
+        let clean = random_tensor(shape, &mut rng, &device);
+        let noisy = random_tensor(shape, &mut rng, &device);
+        let target = random_tensor(shape, &mut rng, &device);
+        let t: Vec<f32> = (0..2 * config.ar_len)
+            .map(|i| (i * 97 % 1000) as f32)
+            .collect();
+        let eps = model.forward_train(clean, noisy, &t, &[3, 10]);
+        let grads = (eps - target).square().mean().backward();
+
+        struct Check<'a>(&'a burn::tensor::Gradients, Vec<String>, usize);
+        impl ModuleVisitor for Check<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                self.2 += 1;
+                let nonzero = param
+                    .val()
+                    .grad(self.0)
+                    .is_some_and(|g| g.abs().sum().into_scalar::<f32>() > 0.0);
+                if !nonzero {
+                    self.1.push(format!("{:?}", param.lazy_shape()));
+                }
+            }
+        }
+        let mut check = Check(&grads, Vec::new(), 0);
+        model.visit(&mut check);
+        assert_eq!(check.2, model.to_tensors().len());
+        assert!(
+            check.1.is_empty(),
+            "parameters without gradient: {:?}",
+            check.1
+        );
+    }
+
+    fn sample_both_ways(config: &ModelConfig, cfg: f64) -> (Tensor<3>, Tensor<3>) {
+        let device = Device::flex();
+        let model = random_model(config, &device, 3);
+        let schedule = NoiseSchedule::ddpm();
+        let labels = [1, 7];
+        let run = |kv_cache: bool| {
+            let rng = ChaCha8Rng::seed_from_u64(4);
+            let generation = Generation {
+                sampler: SamplerKind::DpmSolver2M,
+                steps: 3,
+                cfg,
+                kv_cache,
+            };
+            let noise = |_: usize| {
+                random_tensor(
+                    [2, config.block_size, config.latent_size],
+                    &mut rng.clone(),
+                    &device,
+                )
+            };
+            generate(
+                &model,
+                &labels,
+                &generation,
+                &schedule,
+                noise,
+                &mut rng.clone(),
+                &mut Quiet,
+            )
+        };
+        (run(true), run(false))
+    }
+
+    #[test]
+    fn cached_sampling_equals_recompute() {
+        for (block_side, cfg) in [(2, 1.5), (1, 1.0), (4, 1.5)] {
+            let config = tiny_config(block_side);
+            let (cached, recomputed) = sample_both_ways(&config, cfg);
+            let diff = max_abs_diff(cached.clone(), recomputed);
+            let scale = cached.abs().max().into_scalar::<f32>();
+            assert!(
+                diff <= 1e-4 * scale,
+                "block {block_side}: diff {diff} scale {scale}"
+            );
+        }
+    }
+
+    #[test]
+    fn whole_sequence_block_is_full_sequence_diffusion() {
+        // One block: the noisy half sees only itself, so the clean input cannot matter, and the
+        // sampling call on block 0 is the same network.
+        let device = Device::flex();
+        let config = tiny_config(4);
+        assert_eq!(config.ar_len, 1);
+        let model = random_model(&config, &device, 5);
+        let mut rng = ChaCha8Rng::seed_from_u64(6);
+        let shape = [2, config.seq_len(), config.latent_size];
+        let noisy = random_tensor(shape, &mut rng, &device);
+        let (t, labels) = ([500.0, 20.0], [2, 10]);
+        let a = model.forward_train(
+            random_tensor(shape, &mut rng, &device),
+            noisy.clone(),
+            &t,
+            &labels,
+        );
+        let b = model.forward_train(
+            random_tensor(shape, &mut rng, &device),
+            noisy.clone(),
+            &t,
+            &labels,
+        );
+        let c = model.forward_cached(noisy, None, &t, &labels, 0, &mut KvCache::new(config.depth));
+        assert!(max_abs_diff(a.clone(), b) < 1e-5);
+        assert!(max_abs_diff(a, c) < 1e-5);
+    }
+
+    #[test]
+    fn preset_parameter_counts_match_the_paper() {
+        // The paper's Table: 132M, 460M, 677M, 954M at ImageNet 256.
+        let device = Device::flex();
+        for (preset, paper) in [
+            (Preset::B, 132e6),
+            (Preset::L, 460e6),
+            (Preset::Xl, 677e6),
+            (Preset::H, 954e6),
+        ] {
+            let count = Acdit::new(&ModelConfig::imagenet256(preset), &device).num_params() as f64;
+            let off = (count - paper).abs() / paper;
+            assert!(
+                off < 0.015,
+                "{preset:?}: {count} parameters, paper {paper}, off {:.2}%",
+                off * 100.0
+            );
+        }
+    }
+
+    #[test]
+    fn weights_round_trip_through_reference_names() {
+        let device = Device::flex();
+        let config = tiny_config(2);
+        let model = random_model(&config, &device, 7);
+        let tensors = model.to_tensors();
+        assert!(tensors.contains_key("blocks.1.adaLN_modulation.1.weight"));
+        assert!(tensors.contains_key("t_embedder.mlp.2.bias"));
+        assert_eq!(tensors["blocks.0.attn.qkv.weight"].shape, vec![384, 128]);
+        let again = Acdit::new(&config, &device)
+            .load_tensors(&tensors)
+            .unwrap()
+            .to_tensors();
+        assert_eq!(again, tensors);
+        let mut wrong = tensors.clone();
+        wrong.get_mut("blocks.0.attn.qkv.weight").unwrap().shape = vec![128, 384];
+        let message = Acdit::new(&config, &device)
+            .load_tensors(&wrong)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("blocks.0.attn.qkv.weight") && message.contains("(384, 128)"),
+            "{message}"
+        );
+    }
+}

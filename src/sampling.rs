@@ -1,0 +1,194 @@
+//! From class labels to pictures: seeded noise per image, blockwise generation in batches, and
+//! the tokens laid back out as pixels.
+
+use std::path::Path;
+
+use anyhow::Context;
+use burn::prelude::*;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+
+use crate::diffusion::blockwise::{Generation, Observer, generate};
+use crate::diffusion::schedule::NoiseSchedule;
+use crate::layout::unpatchify;
+use crate::model::Acdit;
+use crate::output::{GridLayout, ImageBatch, write_image_pngs, write_labeled_grid, write_npz};
+
+/// Image `index`'s own noise stream: the same seed gives the same image whatever the batch size.
+fn image_rng(seed: u64, index: usize) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(index as u64);
+    rng
+}
+
+/// Generates one image per label, `batch` at a time.
+/// Returns pixels (labels.len(), frames, channels, height, width) in [-1, 1] (not clamped).
+pub fn sample_images(
+    model: &Acdit,
+    labels: &[i64],
+    generation: &Generation,
+    seed: u64,
+    batch: usize,
+    observer: &mut dyn Observer,
+) -> Vec<f32> {
+    let config = model.config();
+    let device = model.device();
+    let schedule = NoiseSchedule::ddpm();
+    let block_values = config.block_size * config.latent_size;
+    let mut pixels = Vec::new();
+    for (chunk_index, chunk) in labels.chunks(batch.max(1)).enumerate() {
+        let first = chunk_index * batch.max(1);
+        let mut streams: Vec<ChaCha8Rng> = (0..chunk.len())
+            .map(|i| image_rng(seed, first + i))
+            .collect();
+        let noise = |_block: usize| {
+            let values: Vec<f32> = streams
+                .iter_mut()
+                .flat_map(|rng| {
+                    (0..block_values)
+                        .map(|_| rng.sample::<f32, _>(StandardNormal))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            Tensor::<1>::from_floats(values.as_slice(), &device).reshape([
+                chunk.len(),
+                config.block_size,
+                config.latent_size,
+            ])
+        };
+        let mut sampler_rng = image_rng(seed ^ 0x5eed, first);
+        let tokens = generate(
+            model,
+            chunk,
+            generation,
+            &schedule,
+            noise,
+            &mut sampler_rng,
+            observer,
+        );
+        let tokens = tokens
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .expect("f32 tokens");
+        pixels.extend(unpatchify(config, &tokens, chunk.len()));
+    }
+    pixels
+}
+
+/// What `acdit sample` was asked for.
+pub struct SampleJob<'a> {
+    pub classes: &'a [i64],
+    pub class_names: &'a [String],
+    pub per_class: usize,
+    pub generation: &'a Generation,
+    pub seed: u64,
+    pub batch: usize,
+    /// The labelled grid PNG.
+    pub grid: &'a Path,
+    /// One PNG per image and `samples.npz`, if wanted.
+    pub out_dir: Option<&'a Path>,
+}
+
+/// A progress bar advanced at every model call.
+struct Progress(ProgressBar);
+
+impl Observer for Progress {
+    fn model_output(&mut self, _block: usize, _step: usize, _output: &Tensor<3>) {
+        self.0.inc(1);
+    }
+}
+
+/// Samples `per_class` images of each class and writes the grid (and the per-image files).
+/// Every file appears complete or not at all.
+pub fn run_job(model: &Acdit, job: &SampleJob) -> anyhow::Result<()> {
+    let config = model.config();
+    let labels: Vec<i64> = job
+        .classes
+        .iter()
+        .flat_map(|&c| std::iter::repeat_n(c, job.per_class))
+        .collect();
+    let calls = labels.len().div_ceil(job.batch) * config.ar_len * job.generation.steps;
+    let bar = ProgressBar::new(calls as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "sampling {bar:30} {pos}/{len} model calls [{elapsed_precise} < {eta_precise}]",
+        )
+        .expect("valid template"),
+    );
+    let started = std::time::Instant::now();
+    let pixels = sample_images(
+        model,
+        &labels,
+        job.generation,
+        job.seed,
+        job.batch,
+        &mut Progress(bar.clone()),
+    );
+    bar.finish_and_clear();
+    let shape = [
+        labels.len(),
+        config.in_channels,
+        config.img_hw,
+        config.img_hw * config.temporal_len,
+    ];
+    let pixels = frames_side_by_side(config, &pixels, labels.len());
+    let batch = ImageBatch::new(&pixels, shape)?;
+    let names: Vec<&str> = job
+        .classes
+        .iter()
+        .map(|&c| job.class_names[c as usize].as_str())
+        .collect();
+    write_labeled_grid(
+        job.grid,
+        &batch,
+        &GridLayout::per_class(&names, job.per_class),
+    )?;
+    println!(
+        "{} images in {:.1}s -> {}",
+        labels.len(),
+        started.elapsed().as_secs_f64(),
+        job.grid.display()
+    );
+    if let Some(dir) = job.out_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let label_names: Vec<&str> = labels
+            .iter()
+            .map(|&c| job.class_names[c as usize].as_str())
+            .collect();
+        write_image_pngs(dir, &batch, &label_names)?;
+        let [n, c, h, w] = shape;
+        write_npz(
+            &dir.join("samples.npz"),
+            &batch.to_u8_nhwc(),
+            [n, h, w, c],
+            &labels,
+        )?;
+        println!("one PNG per image and samples.npz in {}", dir.display());
+    }
+    Ok(())
+}
+
+/// Video frames (n, frames, c, h, w) laid left to right as one wide picture (n, c, h, frames * w);
+/// images pass through.
+fn frames_side_by_side(config: &crate::config::ModelConfig, pixels: &[f32], n: usize) -> Vec<f32> {
+    let (frames, c, hw) = (config.temporal_len, config.in_channels, config.img_hw);
+    if frames == 1 {
+        return pixels.to_vec();
+    }
+    let mut out = vec![0.0; pixels.len()];
+    for item in 0..n {
+        for f in 0..frames {
+            for ch in 0..c {
+                for y in 0..hw {
+                    let src = (((item * frames + f) * c + ch) * hw + y) * hw;
+                    let dst = ((item * c + ch) * hw + y) * frames * hw + f * hw;
+                    out[dst..dst + hw].copy_from_slice(&pixels[src..src + hw]);
+                }
+            }
+        }
+    }
+    out
+}

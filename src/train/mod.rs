@@ -1,0 +1,374 @@
+//! Training: the ACDiT objective (one timestep per block, epsilon MSE on the noisy half, label
+//! dropout), AdamW with clipping, a learning-rate schedule, EMA, and resumable checkpoints.
+
+pub mod ema;
+pub mod lr;
+pub mod optim;
+pub mod run;
+pub mod state;
+
+use burn::prelude::*;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::tensors::NamedTensors;
+use crate::config::ModelConfig;
+use crate::data::ImageDataset;
+use crate::diffusion::schedule::NoiseSchedule;
+use crate::layout::patchify;
+use crate::model::Acdit;
+use ema::Ema;
+use lr::{LrSchedule, learning_rate};
+use optim::{AdamW, AdamWSettings};
+use state::{Checkpoint, DataPosition, Progress, RngState};
+
+/// Everything a training run is configured by; saved in every checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub model: ModelConfig,
+    pub batch_size: usize,
+    /// Total optimizer steps.
+    pub steps: u64,
+    /// Peak learning rate.
+    pub lr: f64,
+    pub lr_schedule: LrSchedule,
+    pub warmup_steps: u64,
+    /// For warmup-stable-decay: the final fraction of steps that decays to zero.
+    pub decay_fraction: f64,
+    pub adamw: AdamWSettings,
+    /// Largest global gradient norm; None turns clipping off.
+    pub grad_clip: Option<f64>,
+    pub ema_decay: f64,
+    pub seed: u64,
+    /// Write a checkpoint every this many steps (and at the end, and on Ctrl-C).
+    pub checkpoint_every: u64,
+    /// Write a grid of EMA samples every this many steps.
+    pub sample_every: u64,
+    /// Stop after this many non-finite losses in a row.
+    pub max_bad_steps: u32,
+}
+
+impl TrainConfig {
+    /// The recipe for 28x28 one-channel datasets (MNIST, Fashion-MNIST) on a 2-core CPU.
+    pub fn small_images() -> Self {
+        Self {
+            model: ModelConfig::image(1, 28, 2, 7, 128, 4, 10),
+            batch_size: 32,
+            steps: 4000,
+            lr: 1e-3,
+            lr_schedule: LrSchedule::Wsd,
+            warmup_steps: 100,
+            decay_fraction: 0.2,
+            adamw: AdamWSettings::default(),
+            grad_clip: Some(1.0),
+            ema_decay: 0.999,
+            seed: 0,
+            checkpoint_every: 500,
+            sample_every: 1000,
+            max_bad_steps: 20,
+        }
+    }
+
+    /// Reads JSON or TOML (by extension).
+    pub fn from_file(path: &std::path::Path) -> Result<Self, crate::config::ConfigError> {
+        let file_error = |reason: String| crate::config::ConfigError::File {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+        if path.extension().is_some_and(|e| e == "toml") {
+            toml::from_str(&text).map_err(|e| file_error(e.to_string()))
+        } else {
+            serde_json::from_str(&text).map_err(|e| file_error(e.to_string()))
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        use crate::config::ConfigError;
+        let invalid = |field: &'static str, reason: &str| ConfigError::Invalid {
+            field,
+            reason: reason.into(),
+        };
+        self.model.validate()?;
+        if self.batch_size == 0 {
+            return Err(invalid("batch_size", "must be at least 1"));
+        }
+        if self.lr.is_nan() || self.lr <= 0.0 {
+            return Err(invalid("lr", "must be positive"));
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            return Err(invalid("ema_decay", "must be in [0, 1)"));
+        }
+        if !(0.0..=1.0).contains(&self.decay_fraction) {
+            return Err(invalid("decay_fraction", "must be in [0, 1]"));
+        }
+        if self.checkpoint_every == 0 || self.sample_every == 0 {
+            return Err(invalid("checkpoint_every", "intervals must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// One batch of the ACDiT objective, on the host.
+pub struct Batch {
+    /// (batch, seq_len, latent)
+    pub clean: Vec<f32>,
+    pub noisy: Vec<f32>,
+    /// The noise to predict, same shape.
+    pub eps: Vec<f32>,
+    /// (batch * ar_len): one timestep per block.
+    pub t: Vec<f32>,
+    /// (batch): labels, some replaced by the null label.
+    pub labels: Vec<i64>,
+}
+
+/// Draws each block's timestep, the noise and the label dropout for `images` (with labels).
+pub fn make_batch(
+    config: &ModelConfig,
+    schedule: &NoiseSchedule,
+    images: &[f32],
+    labels: &[u32],
+    rng: &mut ChaCha8Rng,
+) -> Batch {
+    let n = labels.len();
+    let clean = patchify(config, images, n);
+    let block_values = config.block_size * config.latent_size;
+    let eps: Vec<f32> = (0..clean.len())
+        .map(|_| rng.sample(StandardNormal))
+        .collect();
+    let t: Vec<usize> = (0..n * config.ar_len)
+        .map(|_| rng.random_range(0..schedule.train_steps()))
+        .collect();
+    let mut noisy = Vec::with_capacity(clean.len());
+    for (block, &tb) in t.iter().enumerate() {
+        let range = block * block_values..(block + 1) * block_values;
+        noisy.extend(schedule.q_sample(&clean[range.clone()], &eps[range], tb));
+    }
+    let labels = labels
+        .iter()
+        .map(|&y| {
+            if rng.random::<f64>() < config.class_dropout_prob {
+                config.num_classes as i64
+            } else {
+                y as i64
+            }
+        })
+        .collect();
+    Batch {
+        clean,
+        noisy,
+        eps,
+        t: t.iter().map(|&v| v as f32).collect(),
+        labels,
+    }
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct StepReport {
+    pub step: u64,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f32,
+    /// False when the loss was not finite and the update was skipped.
+    pub applied: bool,
+}
+
+/// The state of a run: model, optimizer, EMA, randomness and data position.
+pub struct Trainer {
+    pub config: TrainConfig,
+    pub model: Acdit,
+    pub optimizer: AdamW,
+    pub ema: Ema,
+    pub step: u64,
+    pub seconds: f64,
+    rng: ChaCha8Rng,
+    data: DataPosition,
+    order: Vec<usize>,
+    schedule: NoiseSchedule,
+    bad_in_a_row: u32,
+}
+
+/// The shuffle of one epoch, derived from the seed so a resumed run sees the same order.
+fn epoch_order(seed: u64, epoch: u64, n: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    order.shuffle(&mut rng);
+    order
+}
+
+impl Trainer {
+    /// A fresh run; `device` should have autodiff enabled.
+    pub fn new(config: TrainConfig, dataset_len: usize, device: &Device) -> Self {
+        device.seed(config.seed);
+        let model = Acdit::new(&config.model, device);
+        let ema = Ema::new(&model, config.ema_decay);
+        Self {
+            optimizer: AdamW::new(config.adamw),
+            rng: ChaCha8Rng::seed_from_u64(config.seed),
+            data: DataPosition { epoch: 0, index: 0 },
+            order: epoch_order(config.seed, 0, dataset_len),
+            schedule: NoiseSchedule::ddpm(),
+            model,
+            ema,
+            config,
+            step: 0,
+            seconds: 0.0,
+            bad_in_a_row: 0,
+        }
+    }
+
+    /// Continues exactly where `checkpoint` left off.
+    pub fn resume(
+        checkpoint: Checkpoint,
+        dataset_len: usize,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
+        let config = checkpoint.config;
+        let model = Acdit::new(&config.model, device).load_tensors(&checkpoint.model)?;
+        let ema_model = Acdit::new(&config.model, device)
+            .load_tensors(&checkpoint.ema)?
+            .valid();
+        let mut optimizer = AdamW::new(config.adamw);
+        optimizer.load_state(
+            &checkpoint.optimizer,
+            checkpoint.progress.optimizer_steps,
+            device,
+        );
+        let progress = checkpoint.progress;
+        Ok(Self {
+            optimizer,
+            rng: progress.rng.restore(),
+            data: progress.data,
+            order: epoch_order(config.seed, progress.data.epoch, dataset_len),
+            schedule: NoiseSchedule::ddpm(),
+            model,
+            ema: Ema {
+                decay: config.ema_decay,
+                model: ema_model,
+            },
+            config,
+            step: progress.step,
+            seconds: progress.seconds,
+            bad_in_a_row: 0,
+        })
+    }
+
+    /// The next batch's item indices, moving through shuffled epochs.
+    fn next_indices(&mut self) -> Vec<usize> {
+        let n = self.order.len();
+        (0..self.config.batch_size)
+            .map(|_| {
+                if self.data.index == n {
+                    self.data = DataPosition {
+                        epoch: self.data.epoch + 1,
+                        index: 0,
+                    };
+                    self.order = epoch_order(self.config.seed, self.data.epoch, n);
+                }
+                self.data.index += 1;
+                self.order[self.data.index - 1]
+            })
+            .collect()
+    }
+
+    /// One optimizer step on the next batch of `dataset`.
+    pub fn train_step(&mut self, dataset: &ImageDataset) -> anyhow::Result<StepReport> {
+        let indices = self.next_indices();
+        let images: Vec<f32> = indices
+            .iter()
+            .flat_map(|&i| dataset.image(i).to_vec())
+            .collect();
+        let labels: Vec<u32> = indices.iter().map(|&i| dataset.labels[i]).collect();
+        let model_config = &self.config.model;
+        let batch = make_batch(
+            model_config,
+            &self.schedule,
+            &images,
+            &labels,
+            &mut self.rng,
+        );
+        let device = self.model.device();
+        let shape = [
+            labels.len(),
+            model_config.seq_len(),
+            model_config.latent_size,
+        ];
+        let upload = |v: &[f32]| Tensor::<1>::from_floats(v, &device).reshape(shape);
+        let predicted = self.model.forward_train(
+            upload(&batch.clean),
+            upload(&batch.noisy),
+            &batch.t,
+            &batch.labels,
+        );
+        let loss = (predicted - upload(&batch.eps)).square().mean();
+        let loss_value = loss.clone().into_scalar::<f32>() as f64;
+        let lr = learning_rate(
+            self.config.lr_schedule,
+            self.config.lr,
+            self.step,
+            self.config.steps,
+            self.config.warmup_steps,
+            self.config.decay_fraction,
+        );
+        self.step += 1;
+        if !loss_value.is_finite() {
+            self.bad_in_a_row += 1;
+            if self.bad_in_a_row > self.config.max_bad_steps {
+                anyhow::bail!(
+                    "{} non-finite losses in a row (last at step {}): stopping; lower the learning rate",
+                    self.bad_in_a_row,
+                    self.step
+                );
+            }
+            return Ok(StepReport {
+                step: self.step,
+                loss: loss_value,
+                lr,
+                grad_norm: f32::NAN,
+                applied: false,
+            });
+        }
+        self.bad_in_a_row = 0;
+        let grads = loss.backward();
+        let model = self.model.clone();
+        let (model, grad_norm) = self
+            .optimizer
+            .step(model, &grads, lr, self.config.grad_clip);
+        self.model = model;
+        self.ema.update(&self.model);
+        Ok(StepReport {
+            step: self.step,
+            loss: loss_value,
+            lr,
+            grad_norm,
+            applied: true,
+        })
+    }
+
+    /// Everything needed to continue this run.
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            config: self.config.clone(),
+            progress: Progress {
+                step: self.step,
+                optimizer_steps: self.optimizer.steps,
+                rng: RngState::capture(&self.rng),
+                data: self.data,
+                seconds: self.seconds,
+            },
+            model: self.model.to_tensors(),
+            ema: self.ema.model.to_tensors(),
+            optimizer: self.optimizer.state_tensors(),
+        }
+    }
+
+    /// The EMA weights under reference names.
+    pub fn ema_tensors(&self) -> NamedTensors {
+        self.ema.model.to_tensors()
+    }
+}

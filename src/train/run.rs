@@ -1,0 +1,187 @@
+//! A whole training run as a user sees it: progress bar, JSONL metrics, periodic checkpoints and
+//! sample grids, a clean stop on Ctrl-C, and the loss curve at the end.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::Trainer;
+use crate::checkpoint::tensors::write_safetensors_atomic;
+use crate::data::ImageDataset;
+use crate::diffusion::SamplerKind;
+use crate::diffusion::blockwise::{Generation, Quiet};
+use crate::output::{GridLayout, ImageBatch, plot_loss_curve, write_labeled_grid};
+use crate::sampling::sample_images;
+
+/// Where a run writes: `checkpoint.safetensors`, `ema.safetensors`, `metrics.jsonl`,
+/// `samples/step-N.png`, `loss.png`.
+pub struct RunDir(pub PathBuf);
+
+impl RunDir {
+    pub fn checkpoint(&self) -> PathBuf {
+        self.0.join("checkpoint.safetensors")
+    }
+    pub fn ema(&self) -> PathBuf {
+        self.0.join("ema.safetensors")
+    }
+    fn metrics(&self) -> PathBuf {
+        self.0.join("metrics.jsonl")
+    }
+    fn samples(&self, step: u64) -> PathBuf {
+        self.0.join("samples").join(format!("step-{step:06}.png"))
+    }
+    fn loss_plot(&self) -> PathBuf {
+        self.0.join("loss.png")
+    }
+}
+
+/// Trains until the configured step count or Ctrl-C, writing everything under `dir`.
+pub fn run(trainer: &mut Trainer, dataset: &ImageDataset, dir: &RunDir) -> Result<()> {
+    std::fs::create_dir_all(dir.0.join("samples"))
+        .with_context(|| format!("creating run folder {}", dir.0.display()))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        // A second Ctrl-C while the checkpoint is written still only asks to stop.
+        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
+    }
+    let mut metrics = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.metrics())
+        .with_context(|| format!("opening {}", dir.metrics().display()))?;
+
+    let total = trainer.config.steps;
+    let bar = ProgressBar::new(total).with_position(trainer.step);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} loss {msg} [{elapsed_precise} < {eta_precise}]",
+        )
+        .expect("valid template"),
+    );
+    let model = &trainer.config.model;
+    let tokens_per_step = (trainer.config.batch_size * 2 * model.seq_len()) as f64;
+    let mut smoothed: Option<f64> = None;
+    let started = Instant::now();
+    let seconds_before = trainer.seconds;
+    let first_step = trainer.step;
+    while trainer.step < total && !stop.load(Ordering::SeqCst) {
+        let report = trainer.train_step(dataset)?;
+        trainer.seconds = seconds_before + started.elapsed().as_secs_f64();
+        if report.loss.is_finite() {
+            smoothed = Some(smoothed.map_or(report.loss, |s| 0.98 * s + 0.02 * report.loss));
+        } else {
+            bar.println(format!(
+                "step {}: loss is {}, update skipped",
+                report.step, report.loss
+            ));
+        }
+        let steps_per_s = (trainer.step - first_step) as f64 / started.elapsed().as_secs_f64();
+        bar.set_position(trainer.step);
+        bar.set_message(format!(
+            "{:.4} | {:.2} steps/s | {:.0} tokens/s",
+            smoothed.unwrap_or(f64::NAN),
+            steps_per_s,
+            steps_per_s * tokens_per_step
+        ));
+        let line = serde_json::json!({
+            "step": report.step,
+            "loss": report.loss,
+            "lr": report.lr,
+            "grad_norm": report.grad_norm,
+            "applied": report.applied,
+            "seconds": trainer.seconds,
+        });
+        writeln!(metrics, "{line}")?;
+        if trainer.step.is_multiple_of(trainer.config.checkpoint_every) {
+            save(trainer, dir, dataset)?;
+        }
+        if trainer.step.is_multiple_of(trainer.config.sample_every) {
+            let path = dir.samples(trainer.step);
+            write_sample_grid(trainer, dataset, &path)?;
+            bar.println(format!(
+                "step {}: samples in {}",
+                trainer.step,
+                path.display()
+            ));
+        }
+    }
+    bar.finish();
+    save(trainer, dir, dataset)?;
+    if stop.load(Ordering::SeqCst) {
+        println!(
+            "stopped at step {}; resume with --resume {}",
+            trainer.step,
+            dir.checkpoint().display()
+        );
+    }
+    let points = read_losses(&dir.metrics())?;
+    plot_loss_curve(&dir.loss_plot(), &points, true)?;
+    println!(
+        "checkpoint {}\nEMA weights {}\nloss curve {}",
+        dir.checkpoint().display(),
+        dir.ema().display(),
+        dir.loss_plot().display()
+    );
+    Ok(())
+}
+
+/// Writes the full checkpoint and the EMA weights alone (what `acdit sample` loads).
+fn save(trainer: &Trainer, dir: &RunDir, dataset: &ImageDataset) -> Result<()> {
+    trainer.checkpoint().save(&dir.checkpoint())?;
+    let metadata = std::collections::BTreeMap::from([
+        (
+            "model_config".to_string(),
+            serde_json::to_string(&trainer.config.model)?,
+        ),
+        (
+            "class_names".to_string(),
+            serde_json::to_string(&dataset.class_names)?,
+        ),
+        ("step".to_string(), trainer.step.to_string()),
+    ]);
+    write_safetensors_atomic(&dir.ema(), &trainer.ema_tensors(), Some(metadata))?;
+    Ok(())
+}
+
+/// A grid of EMA samples, one row per class.
+fn write_sample_grid(trainer: &Trainer, dataset: &ImageDataset, path: &Path) -> Result<()> {
+    const PER_CLASS: usize = 8;
+    let model = &trainer.ema.model;
+    let config = model.config();
+    let labels: Vec<i64> = (0..config.num_classes as i64)
+        .flat_map(|c| std::iter::repeat_n(c, PER_CLASS))
+        .collect();
+    let generation = Generation {
+        sampler: SamplerKind::DpmSolver2M,
+        steps: 25,
+        cfg: 1.5,
+        kv_cache: true,
+    };
+    let pixels = sample_images(model, &labels, &generation, 0, labels.len(), &mut Quiet);
+    let shape = [
+        labels.len(),
+        config.in_channels,
+        config.img_hw,
+        config.img_hw,
+    ];
+    let layout = GridLayout::per_class(&dataset.class_names, PER_CLASS)
+        .with_title(format!("EMA samples, step {}", trainer.step));
+    write_labeled_grid(path, &ImageBatch::new(&pixels, shape)?, &layout)?;
+    Ok(())
+}
+
+fn read_losses(path: &Path) -> Result<Vec<(u64, f64)>> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|v| Some((v["step"].as_u64()?, v["loss"].as_f64()?)))
+        .collect())
+}
