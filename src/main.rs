@@ -17,6 +17,12 @@ use acdit::model::Acdit;
 use acdit::train::state::Checkpoint;
 use acdit::train::{TrainConfig, Trainer, run::RunDir, run::run};
 
+/// The CPU backend allocates a fresh buffer for every op; mimalloc keeps freed pages for reuse
+/// instead of returning them to the system and faulting them back in (about 15% of a training step
+/// with the system allocator).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The default model: EMA weights trained on MNIST by `acdit train --preset mnist`.
 const DEFAULT_WEIGHTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/weights/mnist/ema.safetensors");
 
@@ -268,8 +274,11 @@ fn train(args: TrainArgs) -> Result<()> {
         }
     };
     config.validate()?;
-    let dataset = load_training_data(args.data.as_deref(), preset, &config)?;
+    let mut dataset = load_training_data(args.data.as_deref(), preset, &config)?;
     dataset.validate()?;
+    if dataset.height < config.model.img_hw && dataset.width < config.model.img_hw {
+        dataset = dataset.padded(config.model.img_hw)?;
+    }
     check_dataset_fits(&config, &dataset)?;
     let mut trainer = match resumed {
         Some(mut checkpoint) => {

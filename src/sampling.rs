@@ -92,12 +92,23 @@ pub struct SampleJob<'a> {
     pub out_dir: Option<&'a Path>,
 }
 
-/// A progress bar advanced at every model call.
-struct Progress(ProgressBar);
+/// A progress bar advanced at every model call, showing the block and step.
+struct Progress {
+    bar: ProgressBar,
+    blocks: usize,
+    steps: usize,
+}
 
 impl Observer for Progress {
-    fn model_output(&mut self, _block: usize, _step: usize, _output: &Tensor<3>) {
-        self.0.inc(1);
+    fn model_output(&mut self, block: usize, step: usize, _output: &Tensor<3>) {
+        self.bar.inc(1);
+        self.bar.set_message(format!(
+            "block {}/{} step {}/{}",
+            block + 1,
+            self.blocks,
+            step + 1,
+            self.steps
+        ));
     }
 }
 
@@ -114,7 +125,7 @@ pub fn run_job(model: &Acdit, job: &SampleJob) -> anyhow::Result<()> {
     let bar = ProgressBar::new(calls as u64);
     bar.set_style(
         ProgressStyle::with_template(
-            "sampling {bar:30} {pos}/{len} model calls [{elapsed_precise} < {eta_precise}]",
+            "sampling {bar:30} {pos}/{len} model calls, {msg} [{elapsed_precise} < {eta_precise}]",
         )
         .expect("valid template"),
     );
@@ -125,7 +136,11 @@ pub fn run_job(model: &Acdit, job: &SampleJob) -> anyhow::Result<()> {
         job.generation,
         job.seed,
         job.batch,
-        &mut Progress(bar.clone()),
+        &mut Progress {
+            bar: bar.clone(),
+            blocks: config.ar_len,
+            steps: job.generation.steps,
+        },
     );
     bar.finish_and_clear();
     let shape = [

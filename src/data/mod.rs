@@ -85,6 +85,34 @@ impl ImageDataset {
         Ok(())
     }
 
+    /// The same images centred on a `size x size` canvas of background (-1), e.g. 28x28 digits
+    /// on 32x32 so that 4x4 patches tile them into 8x8 tokens.
+    pub fn padded(&self, size: usize) -> Result<ImageDataset, DataError> {
+        if size < self.height || size < self.width {
+            return Err(DataError::Invalid(format!(
+                "cannot pad {}x{} images to the smaller {size}x{size}",
+                self.height, self.width
+            )));
+        }
+        let (top, left) = ((size - self.height) / 2, (size - self.width) / 2);
+        let mut images = vec![-1.0; self.n * self.channels * size * size];
+        for (plane, source) in self.images.chunks(self.height * self.width).enumerate() {
+            let canvas = &mut images[plane * size * size..(plane + 1) * size * size];
+            for (y, row) in source.chunks(self.width).enumerate() {
+                let start = (top + y) * size + left;
+                canvas[start..start + self.width].copy_from_slice(row);
+            }
+        }
+        Ok(ImageDataset {
+            images,
+            height: size,
+            width: size,
+            labels: self.labels.clone(),
+            class_names: self.class_names.clone(),
+            ..*self
+        })
+    }
+
     /// The images at `indices`, in that order (a range or any list of
     /// indices, repeats allowed). Panics on an index `>= n`.
     pub fn subset(&self, indices: impl IntoIterator<Item = usize>) -> ImageDataset {
@@ -240,6 +268,28 @@ impl Drop for ScratchDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn padding_centres_images_on_background() {
+        let ds = ImageDataset {
+            images: vec![0.5; 2 * 2 * 2],
+            labels: vec![0, 1],
+            n: 2,
+            channels: 1,
+            height: 2,
+            width: 2,
+            num_classes: 2,
+            class_names: vec!["a".into(), "b".into()],
+        };
+        let padded = ds.padded(4).unwrap();
+        assert_eq!((padded.height, padded.width, padded.n), (4, 4, 2));
+        let expected_plane = [
+            -1.0, -1.0, -1.0, -1.0, -1.0, 0.5, 0.5, -1.0, -1.0, 0.5, 0.5, -1.0, -1.0, -1.0, -1.0,
+            -1.0,
+        ];
+        assert_eq!(padded.image(1), &expected_plane);
+        assert!(ds.padded(1).is_err());
+    }
 
     fn tiny() -> ImageDataset {
         ImageDataset {

@@ -66,6 +66,34 @@ pub fn new_sampler(kind: SamplerKind, schedule: &NoiseSchedule, steps: usize) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
+
+    /// With an oracle that knows the data, the noise prediction is exact and every sampler must
+    /// land on the data itself.
+    #[test]
+    fn samplers_land_on_the_data_under_an_oracle() {
+        let device = Device::flex();
+        let schedule = schedule::NoiseSchedule::ddpm();
+        let data = [0.3f32, -0.7, 0.9, 0.0];
+        let x0 = Tensor::<1>::from_floats(data, &device).reshape([1, 2, 2]);
+        for kind in [
+            SamplerKind::DpmSolver2M,
+            SamplerKind::Ddim,
+            SamplerKind::Ddpm,
+        ] {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+            let mut sampler = new_sampler(kind, &schedule, 10);
+            let mut x =
+                Tensor::<1>::from_floats([1.0f32, -0.5, 0.2, 2.0], &device).reshape([1, 2, 2]);
+            for (i, &t) in sampler.timesteps().to_vec().iter().enumerate() {
+                let (a, b) = schedule.q_coefficients(t);
+                let eps = (x.clone() - x0.clone() * a) / b;
+                x = sampler.step(i, eps, x, &mut rng);
+            }
+            let error = (x - x0.clone()).abs().max().into_scalar::<f32>();
+            assert!(error < 1e-4, "{kind:?}: error {error}");
+        }
+    }
 
     #[test]
     fn linspace_timesteps_match_diffusers() {

@@ -10,6 +10,7 @@ pub mod norm;
 pub mod rope;
 pub mod weights;
 
+use burn::module::Param;
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 
@@ -28,16 +29,19 @@ pub(crate) fn linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> 
         .with_bias(bias)
         .with_initializer(Initializer::XavierUniform { gain: 1.0 })
         .init(device)
-        .map_bias_to_zero()
+        .map_bias_to_zero(device)
 }
 
 trait ZeroBias {
-    fn map_bias_to_zero(self) -> Self;
+    fn map_bias_to_zero(self, device: &Device) -> Self;
 }
 
 impl ZeroBias for Linear {
-    fn map_bias_to_zero(mut self) -> Self {
-        self.bias = self.bias.map(|b| b.map(|t| t.zeros_like()));
+    /// A fresh zero parameter (not `Param::map`, whose new value would not be trained).
+    fn map_bias_to_zero(mut self, device: &Device) -> Self {
+        self.bias = self
+            .bias
+            .map(|b| Param::from_tensor(Tensor::zeros(b.lazy_shape(), device)));
         self
     }
 }
@@ -328,6 +332,22 @@ pub(crate) mod tests {
 
     fn max_abs_diff(a: Tensor<3>, b: Tensor<3>) -> f32 {
         (a - b).abs().max().into_scalar::<f32>()
+    }
+
+    #[test]
+    fn every_parameter_of_a_fresh_model_is_trained() {
+        struct Frozen(Vec<String>);
+        impl ModuleVisitor for Frozen {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                if !param.val().is_require_grad() {
+                    self.0.push(format!("{:?}", param.lazy_shape()));
+                }
+            }
+        }
+        let model = Acdit::new(&tiny_config(2), &Device::flex().autodiff());
+        let mut frozen = Frozen(Vec::new());
+        model.visit(&mut frozen);
+        assert!(frozen.0.is_empty(), "not trained: {:?}", frozen.0);
     }
 
     #[test]

@@ -21,10 +21,12 @@ impl Ema {
         }
     }
 
-    /// ema = decay * ema + (1 - decay) * weights.
-    pub fn update(&mut self, model: &Acdit) {
+    /// ema = d * ema + (1 - d) * weights after `step` updates, with d = min(decay,
+    /// (1 + step) / (10 + step)): early on the average forgets the random start quickly, so short
+    /// runs get a useful EMA too.
+    pub fn update(&mut self, model: &Acdit, step: u64) {
         let current: BTreeMap<_, _> = flat_params(model, None);
-        let decay = self.decay;
+        let decay = self.decay.min((1.0 + step as f64) / (10.0 + step as f64));
         let ema = self.model.clone();
         self.model = update_params(ema, |name, e| match current.get(name) {
             Some(w) => e * decay + w.clone() * (1.0 - decay),

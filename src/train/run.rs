@@ -72,7 +72,17 @@ pub fn run(trainer: &mut Trainer, dataset: &ImageDataset, dir: &RunDir) -> Resul
     let seconds_before = trainer.seconds;
     let first_step = trainer.step;
     while trainer.step < total && !stop.load(Ordering::SeqCst) {
-        let report = trainer.train_step(dataset)?;
+        let report = match trainer.train_step(dataset) {
+            Ok(report) => report,
+            Err(error) => {
+                // Skipped steps left the weights untouched: what is saved is the last good state.
+                save(trainer, dir, dataset)?;
+                return Err(error.context(format!(
+                    "last good checkpoint: {}",
+                    dir.checkpoint().display()
+                )));
+            }
+        };
         trainer.seconds = seconds_before + started.elapsed().as_secs_f64();
         if report.loss.is_finite() {
             smoothed = Some(smoothed.map_or(report.loss, |s| 0.98 * s + 0.02 * report.loss));
