@@ -4,29 +4,19 @@ use burn::prelude::*;
 use rand::RngCore;
 
 use super::schedule::NoiseSchedule;
-use super::{Sampler, linspace_timesteps};
+use super::{Sampler, Subsequence};
 
-pub struct Ddim {
-    timesteps: Vec<usize>,
-    /// alpha_bar at each timestep, then 1 at the end.
-    alphas: Vec<f64>,
-}
+pub struct Ddim(Subsequence);
 
 impl Ddim {
     pub fn new(schedule: &NoiseSchedule, steps: usize) -> Self {
-        let timesteps = linspace_timesteps(schedule.train_steps(), steps);
-        let mut alphas: Vec<f64> = timesteps
-            .iter()
-            .map(|&t| schedule.alphas_cumprod[t])
-            .collect();
-        alphas.push(1.0);
-        Self { timesteps, alphas }
+        Self(Subsequence::linspace(schedule, steps))
     }
 }
 
 impl Sampler for Ddim {
     fn timesteps(&self) -> &[usize] {
-        &self.timesteps
+        &self.0.timesteps
     }
 
     fn step(
@@ -36,7 +26,7 @@ impl Sampler for Ddim {
         sample: Tensor<3>,
         _rng: &mut dyn RngCore,
     ) -> Tensor<3> {
-        let (a_t, a_next) = (self.alphas[index], self.alphas[index + 1]);
+        let (a_t, a_next) = (self.0.alphas[index], self.0.alphas[index + 1]);
         let x0 = (sample - eps.clone() * (1.0 - a_t).sqrt()) / a_t.sqrt();
         x0 * a_next.sqrt() + eps * (1.0 - a_next).sqrt()
     }

@@ -6,28 +6,19 @@ use rand::RngCore;
 use rand_distr::{Distribution, StandardNormal};
 
 use super::schedule::NoiseSchedule;
-use super::{Sampler, linspace_timesteps};
+use super::{Sampler, Subsequence};
 
-pub struct Ddpm {
-    timesteps: Vec<usize>,
-    alphas: Vec<f64>,
-}
+pub struct Ddpm(Subsequence);
 
 impl Ddpm {
     pub fn new(schedule: &NoiseSchedule, steps: usize) -> Self {
-        let timesteps = linspace_timesteps(schedule.train_steps(), steps);
-        let mut alphas: Vec<f64> = timesteps
-            .iter()
-            .map(|&t| schedule.alphas_cumprod[t])
-            .collect();
-        alphas.push(1.0);
-        Self { timesteps, alphas }
+        Self(Subsequence::linspace(schedule, steps))
     }
 }
 
 impl Sampler for Ddpm {
     fn timesteps(&self) -> &[usize] {
-        &self.timesteps
+        &self.0.timesteps
     }
 
     fn step(
@@ -37,12 +28,12 @@ impl Sampler for Ddpm {
         sample: Tensor<3>,
         rng: &mut dyn RngCore,
     ) -> Tensor<3> {
-        let (a_t, a_prev) = (self.alphas[index], self.alphas[index + 1]);
+        let (a_t, a_prev) = (self.0.alphas[index], self.0.alphas[index + 1]);
         let x0 = (sample.clone() - eps * (1.0 - a_t).sqrt()) / a_t.sqrt();
         let beta = 1.0 - a_t / a_prev;
         let mean = x0 * (a_prev.sqrt() * beta / (1.0 - a_t))
             + sample * ((1.0 - beta).sqrt() * (1.0 - a_prev) / (1.0 - a_t));
-        if index + 1 == self.timesteps.len() {
+        if index + 1 == self.0.timesteps.len() {
             return mean;
         }
         let std = (beta * (1.0 - a_prev) / (1.0 - a_t)).sqrt();

@@ -54,6 +54,24 @@ pub fn linspace_timesteps(train_steps: usize, steps: usize) -> Vec<usize> {
     ts
 }
 
+/// The timesteps a sampler visits, and alpha_bar at each followed by 1 (clean data) at the end.
+pub struct Subsequence {
+    pub timesteps: Vec<usize>,
+    pub alphas: Vec<f64>,
+}
+
+impl Subsequence {
+    pub fn linspace(schedule: &NoiseSchedule, steps: usize) -> Self {
+        let timesteps = linspace_timesteps(schedule.train_steps(), steps);
+        let mut alphas: Vec<f64> = timesteps
+            .iter()
+            .map(|&t| schedule.alphas_cumprod[t])
+            .collect();
+        alphas.push(1.0);
+        Self { timesteps, alphas }
+    }
+}
+
 /// A fresh sampler of `kind` with `steps` model calls per block.
 pub fn new_sampler(kind: SamplerKind, schedule: &NoiseSchedule, steps: usize) -> Box<dyn Sampler> {
     match kind {

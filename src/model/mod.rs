@@ -467,18 +467,20 @@ pub(crate) mod tests {
 
     #[test]
     fn preset_parameter_counts_match_the_paper() {
-        // The paper's Table: 132M, 460M, 677M, 954M at ImageNet 256.
+        // The paper's table: 132M, 460M, 677M, 954M at ImageNet 256. The reference architecture
+        // counts 130.3M for B (1.28% under; DiT-B, the same network without the clean path, is
+        // quoted as 130M), and L, XL and H within 0.5%.
         let device = Device::flex();
-        for (preset, paper) in [
-            (Preset::B, 132e6),
-            (Preset::L, 460e6),
-            (Preset::Xl, 677e6),
-            (Preset::H, 954e6),
+        for (preset, paper, tolerance) in [
+            (Preset::B, 132e6, 0.013),
+            (Preset::L, 460e6, 0.01),
+            (Preset::Xl, 677e6, 0.01),
+            (Preset::H, 954e6, 0.01),
         ] {
             let count = Acdit::new(&ModelConfig::imagenet256(preset), &device).num_params() as f64;
             let off = (count - paper).abs() / paper;
             assert!(
-                off < 0.015,
+                off < tolerance,
                 "{preset:?}: {count} parameters, paper {paper}, off {:.2}%",
                 off * 100.0
             );
