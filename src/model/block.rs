@@ -34,7 +34,9 @@ impl Mlp {
 /// which the CPU backend vectorises, instead of `tanh` and `powf`, which it does not (5x faster).
 pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     const TWO_SQRT_2_OVER_PI: f64 = 2.0 * 0.797_884_560_802_865_4;
-    let minus_two_z = (x.clone() * x.clone() * 0.044715 + 1.0) * x.clone() * -TWO_SQRT_2_OVER_PI;
+    // Clamped so exp cannot overflow: at -inf the backward pass would compute inf / inf = NaN.
+    let minus_two_z = ((x.clone() * x.clone() * 0.044715 + 1.0) * x.clone() * -TWO_SQRT_2_OVER_PI)
+        .clamp(-80.0, 80.0);
     x / (minus_two_z.exp() + 1.0)
 }
 
@@ -173,6 +175,20 @@ pub fn cond_silu(cond: Tensor<3>) -> Tensor<3> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gelu_tanh_gradient_stays_finite_far_from_zero() {
+        let device = Device::flex().autodiff();
+        let x = Tensor::<1>::from_floats([-1e4f32, -60.0, 0.0, 60.0, 1e4], &device).require_grad();
+        let grads = gelu_tanh(x.clone()).sum().backward();
+        let grad = x
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        assert!(grad.iter().all(|g| g.is_finite()), "{grad:?}");
+    }
 
     #[test]
     fn gelu_tanh_matches_the_tanh_formula() {

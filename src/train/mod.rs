@@ -60,7 +60,7 @@ impl TrainConfig {
         Self {
             model: ModelConfig::image(1, 32, 8, 2, 128, 4, 10),
             batch_size: 32,
-            steps: 3200,
+            steps: 2000,
             lr: 1e-3,
             lr_schedule: LrSchedule::Wsd,
             warmup_steps: 100,
@@ -321,7 +321,11 @@ impl Trainer {
             self.config.decay_fraction,
         );
         self.step += 1;
-        if !loss_value.is_finite() {
+        let grads = loss.backward();
+        let (model, grad_norm) =
+            self.optimizer
+                .step_if_finite(self.model.clone(), &grads, lr, self.config.grad_clip);
+        if !loss_value.is_finite() || !grad_norm.is_finite() {
             self.bad_in_a_row += 1;
             if self.bad_in_a_row > self.config.max_bad_steps {
                 anyhow::bail!(
@@ -334,16 +338,11 @@ impl Trainer {
                 step: self.step,
                 loss: loss_value,
                 lr,
-                grad_norm: f32::NAN,
+                grad_norm,
                 applied: false,
             });
         }
         self.bad_in_a_row = 0;
-        let grads = loss.backward();
-        let model = self.model.clone();
-        let (model, grad_norm) = self
-            .optimizer
-            .step(model, &grads, lr, self.config.grad_clip);
         self.model = model;
         self.ema.update(&self.model, self.step);
         Ok(StepReport {

@@ -52,9 +52,10 @@ impl AdamW {
         Tensor::cat(squares, 0).sum().sqrt().into_scalar::<f32>()
     }
 
-    /// One update at rate `lr`. Gradients are scaled down so their global norm is at most
-    /// `clip` (if given). Returns the updated model and the norm before clipping.
-    pub fn step(
+    /// One update at rate `lr`, unless a gradient is not finite: then the model comes back
+    /// unchanged, with the moments untouched. Gradients are scaled down so their global norm is at
+    /// most `clip` (if given). Returns the model and the norm before clipping.
+    pub fn step_if_finite(
         &mut self,
         model: Acdit,
         grads: &Gradients,
@@ -63,6 +64,9 @@ impl AdamW {
     ) -> (Acdit, f32) {
         let grads = flat_params(&model, Some(grads));
         let norm = Self::grad_norm(&grads);
+        if !norm.is_finite() {
+            return (model, norm);
+        }
         let scale = match clip {
             Some(max) if norm as f64 > max => max / (norm as f64 + 1e-6),
             _ => 1.0,
