@@ -115,6 +115,15 @@ impl Observer for Progress {
 /// Samples `per_class` images of each class and writes the grid (and the per-image files).
 /// Every file appears complete or not at all.
 pub fn run_job(model: &Acdit, job: &SampleJob) -> anyhow::Result<()> {
+    // Fail before minutes of sampling, not after.
+    let folder = job.grid.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(folder) = folder.filter(|f| !f.is_dir()) {
+        anyhow::bail!(
+            "cannot write {}: folder {} does not exist",
+            job.grid.display(),
+            folder.display()
+        );
+    }
     let config = model.config();
     let labels: Vec<i64> = job
         .classes
@@ -206,4 +215,79 @@ fn frames_side_by_side(config: &crate::config::ModelConfig, pixels: &[f32], n: u
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diffusion::SamplerKind;
+    use crate::model::tests::tiny_config;
+
+    fn job<'a>(generation: &'a Generation, names: &'a [String], grid: &'a Path) -> SampleJob<'a> {
+        SampleJob {
+            classes: &[1, 2],
+            class_names: names,
+            per_class: 2,
+            generation,
+            seed: 3,
+            batch: 4,
+            grid,
+            out_dir: None,
+        }
+    }
+
+    #[test]
+    fn same_seed_same_images_whatever_the_batch() {
+        let model = Acdit::new(&tiny_config(2), &Device::flex());
+        let generation = Generation {
+            sampler: SamplerKind::Ddim,
+            steps: 2,
+            cfg: 1.5,
+            kv_cache: true,
+        };
+        let labels = [1, 2, 3];
+        let whole = sample_images(
+            &model,
+            &labels,
+            &generation,
+            7,
+            3,
+            &mut crate::diffusion::blockwise::Quiet,
+        );
+        let one_by_one = sample_images(
+            &model,
+            &labels,
+            &generation,
+            7,
+            1,
+            &mut crate::diffusion::blockwise::Quiet,
+        );
+        assert_eq!(whole, one_by_one);
+        let other_seed = sample_images(
+            &model,
+            &labels,
+            &generation,
+            8,
+            3,
+            &mut crate::diffusion::blockwise::Quiet,
+        );
+        assert_ne!(whole, other_seed);
+    }
+
+    #[test]
+    fn unwritable_grid_fails_before_sampling_and_names_the_path() {
+        let model = Acdit::new(&tiny_config(2), &Device::flex());
+        let generation = Generation {
+            sampler: SamplerKind::DpmSolver2M,
+            steps: 2,
+            cfg: 1.0,
+            kv_cache: true,
+        };
+        let names: Vec<String> = (0..10).map(|c| c.to_string()).collect();
+        let grid = Path::new("/nonexistent-acdit-folder/grid.png");
+        let message = run_job(&model, &job(&generation, &names, grid))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("/nonexistent-acdit-folder"), "{message}");
+    }
 }
