@@ -5,9 +5,9 @@ use burn::prelude::*;
 use burn::tensor::activation::softmax;
 
 use super::cache::KvCache;
-use super::linear;
 use super::norm::RmsNorm;
 use super::rope::RopeTable;
+use super::{linear, linear_tokens};
 
 #[derive(Module, Debug)]
 pub struct Attention {
@@ -51,9 +51,7 @@ impl Attention {
     ) -> Tensor<3> {
         let [n, tokens, hidden] = x.dims();
         let head_dim = hidden / self.num_heads;
-        let qkv = self
-            .qkv
-            .forward(x)
+        let qkv = linear_tokens(&self.qkv, x)
             .reshape([n, tokens, 3, self.num_heads, head_dim])
             .permute([2, 0, 3, 1, 4]);
         let part = |i: usize| {
@@ -85,8 +83,7 @@ impl Attention {
             }
         }
         let out = attend(q, k, v, bias);
-        self.proj
-            .forward(out.swap_dims(1, 2).reshape([n, tokens, hidden]))
+        linear_tokens(&self.proj, out.swap_dims(1, 2).reshape([n, tokens, hidden]))
     }
 }
 

@@ -5,9 +5,9 @@ use burn::prelude::*;
 use burn::tensor::activation::silu;
 
 use super::attention::{Attention, CacheUse};
-use super::linear;
 use super::norm::RmsNorm;
 use super::rope::RopeTable;
+use super::{linear, linear_tokens};
 
 /// Tanh-GELU MLP, hidden -> ratio * hidden -> hidden.
 #[derive(Module, Debug)]
@@ -25,7 +25,7 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.fc2.forward(gelu_tanh(self.fc1.forward(x)))
+        linear_tokens(&self.fc2, gelu_tanh(linear_tokens(&self.fc1, x)))
     }
 }
 

@@ -32,6 +32,15 @@ pub(crate) fn linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> 
         .map_bias_to_zero(device)
 }
 
+/// A linear layer over tokens, x: (n, tokens, d_in) -> (n, tokens, d_out), as one 2-D matmul:
+/// the CPU backend runs a broadcast batched matmul (and a batched weight gradient) otherwise.
+pub(crate) fn linear_tokens(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
+    let [n, tokens, d_in] = x.dims();
+    let out = layer.forward(x.reshape([n * tokens, d_in]));
+    let d_out = out.dims()[1];
+    out.reshape([n, tokens, d_out])
+}
+
 trait ZeroBias {
     fn map_bias_to_zero(self, device: &Device) -> Self;
 }
