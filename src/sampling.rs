@@ -246,31 +246,13 @@ mod tests {
             kv_cache: true,
         };
         let labels = [1, 2, 3];
-        let whole = sample_images(
-            &model,
-            &labels,
-            &generation,
-            7,
-            3,
-            &mut crate::diffusion::blockwise::Quiet,
-        );
-        let one_by_one = sample_images(
-            &model,
-            &labels,
-            &generation,
-            7,
-            1,
-            &mut crate::diffusion::blockwise::Quiet,
-        );
-        assert_eq!(whole, one_by_one);
-        let other_seed = sample_images(
-            &model,
-            &labels,
-            &generation,
-            8,
-            3,
-            &mut crate::diffusion::blockwise::Quiet,
-        );
+        let sample = |seed: u64, batch: usize| {
+            let quiet = &mut crate::diffusion::blockwise::Quiet;
+            sample_images(&model, &labels, &generation, seed, batch, quiet)
+        };
+        let whole = sample(7, 3);
+        assert_eq!(whole, sample(7, 1));
+        let other_seed = sample(8, 3);
         assert_ne!(whole, other_seed);
     }
 
