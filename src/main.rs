@@ -23,6 +23,17 @@ use acdit::train::{TrainConfig, Trainer, run::RunDir, run::run};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `purge_delay` option (v3 numbering).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Tells mimalloc never to hand freed memory back to the system. By default it does so after
+/// 10 ms, and the kernel then zeroes every page again when the next step touches it: a fifth of a
+/// training step went to that. The cost is a higher resident peak (about 20% in `acdit bench`).
+fn keep_freed_memory() {
+    // SAFETY: called first thing in main, before any other thread exists.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
+
 /// The default model: EMA weights trained on MNIST by `acdit train --preset mnist`.
 const DEFAULT_WEIGHTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/weights/mnist/ema.safetensors");
 
@@ -183,6 +194,7 @@ struct TrainArgs {
 }
 
 fn main() -> Result<()> {
+    keep_freed_memory();
     match Cli::parse().command {
         Command::Sample(args) => sample(args),
         Command::Train(args) => train(args),

@@ -1,4 +1,5 @@
-//! The Skip-Causal Attention Mask (SCAM) of training, and the small mask of a cached sampling step.
+//! The Skip-Causal Attention Mask (SCAM) of training, the parts of it that training computes, and
+//! the small mask of a cached sampling step.
 
 use burn::prelude::*;
 
@@ -50,6 +51,27 @@ pub fn prefix_mask(clean_blocks: usize, block_len: usize) -> Vec<bool> {
     kept.iter()
         .flat_map(|&q| kept.iter().map(move |&kv| (q, kv)))
         .map(|(q, kv)| full[q * n + kv])
+        .collect()
+}
+
+/// Training's clean-to-clean part of the mask, for the clean blocks it keeps: clean block i sees
+/// clean blocks 0..=i. (clean_blocks * block_len)^2, true = may attend.
+///
+/// Training leaves out the last clean block: only the clean blocks after it and the noisy block
+/// after it would see it, and there are none, so it cannot change the loss.
+pub fn clean_causal_mask(clean_blocks: usize, block_len: usize) -> Vec<bool> {
+    let n = clean_blocks * block_len;
+    (0..n * n)
+        .map(|k| (k % n) / block_len <= (k / n) / block_len)
+        .collect()
+}
+
+/// Training's noisy-to-clean part of the mask: noisy block i sees clean blocks 0..i.
+/// (blocks * block_len) x ((blocks - 1) * block_len), true = may attend.
+pub fn noisy_to_clean_mask(blocks: usize, block_len: usize) -> Vec<bool> {
+    let keys = (blocks - 1) * block_len;
+    (0..blocks * block_len * keys)
+        .map(|k| (k % keys) / block_len < (k / keys) / block_len)
         .collect()
 }
 
@@ -115,6 +137,39 @@ mod tests {
             for (r, &q) in query_rows.iter().enumerate() {
                 for (c, &kv) in key_cols.iter().enumerate() {
                     prop_assert_eq!(step[r * keys + c], full[q * n + kv]);
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn training_parts_are_the_training_mask_restricted(blocks in 1usize..6, block_len in 1usize..5) {
+            let full = skip_causal_mask(blocks, block_len);
+            let n = 2 * blocks * block_len;
+            let half = blocks * block_len;
+            let kept_clean = (blocks - 1) * block_len;
+            let clean = clean_causal_mask(blocks - 1, block_len);
+            for q in 0..kept_clean {
+                for kv in 0..kept_clean {
+                    prop_assert_eq!(clean[q * kept_clean + kv], full[q * n + kv]);
+                }
+            }
+            let cross = noisy_to_clean_mask(blocks, block_len);
+            for q in 0..half {
+                for kv in 0..kept_clean {
+                    prop_assert_eq!(cross[q * kept_clean + kv], full[(half + q) * n + kv]);
+                }
+            }
+            // What the parts leave out: no query but itself sees the last clean block, and noisy
+            // queries see only their own noisy block.
+            for q in 0..n {
+                for kv in kept_clean..half {
+                    prop_assert_eq!(full[q * n + kv], (kept_clean..half).contains(&q));
+                }
+                for kv in half..n {
+                    let own = q >= half && (q - half) / block_len == (kv - half) / block_len;
+                    prop_assert_eq!(full[q * n + kv], own);
                 }
             }
         }

@@ -2,6 +2,7 @@
 //! the tokens laid back out as pixels.
 
 use std::path::Path;
+use std::sync::Mutex;
 
 use anyhow::Context;
 use burn::prelude::*;
@@ -23,7 +24,8 @@ fn image_rng(seed: u64, index: usize) -> ChaCha8Rng {
     rng
 }
 
-/// Generates one image per label, `batch` at a time.
+/// Generates one image per label, `batch` at a time, batches side by side on as many threads as
+/// the machine has cores (at these sizes the backend's element-wise ops run on one core).
 /// Returns pixels (labels.len(), frames, channels, height, width) in [-1, 1] (not clamped).
 pub fn sample_images(
     model: &Acdit,
@@ -31,51 +33,110 @@ pub fn sample_images(
     generation: &Generation,
     seed: u64,
     batch: usize,
+    observer: &mut (dyn Observer + Send),
+) -> Vec<f32> {
+    let batch = batch.max(1);
+    let chunks: Vec<&[i64]> = labels.chunks(batch).collect();
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(chunks.len());
+    let observer = Mutex::new(observer);
+    let mut pixels: Vec<Vec<f32>> = vec![Vec::new(); chunks.len()];
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|worker| {
+                let (chunks, observer) = (&chunks, &observer);
+                scope.spawn(move || {
+                    (worker..chunks.len())
+                        .step_by(workers)
+                        .map(|i| {
+                            let mut observer = Shared(observer);
+                            let first = i * batch;
+                            let images = sample_chunk(
+                                model,
+                                chunks[i],
+                                first,
+                                generation,
+                                seed,
+                                &mut observer,
+                            );
+                            (i, images)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for handle in handles {
+            for (i, images) in handle.join().expect("a sampling thread panicked") {
+                pixels[i] = images;
+            }
+        }
+    });
+    pixels.concat()
+}
+
+/// An observer shared by the sampling threads.
+struct Shared<'a, 'o>(&'a Mutex<&'o mut (dyn Observer + Send)>);
+
+impl Observer for Shared<'_, '_> {
+    fn model_output(&mut self, block: usize, step: usize, output: &Tensor<3>) {
+        self.0
+            .lock()
+            .expect("observer")
+            .model_output(block, step, output);
+    }
+    fn block_done(&mut self, block: usize) {
+        self.0.lock().expect("observer").block_done(block);
+    }
+}
+
+/// The images of one batch, whose first image is number `first` of the job.
+fn sample_chunk(
+    model: &Acdit,
+    labels: &[i64],
+    first: usize,
+    generation: &Generation,
+    seed: u64,
     observer: &mut dyn Observer,
 ) -> Vec<f32> {
     let config = model.config();
     let device = model.device();
     let schedule = NoiseSchedule::ddpm();
     let block_values = config.block_size * config.latent_size;
-    let mut pixels = Vec::new();
-    for (chunk_index, chunk) in labels.chunks(batch.max(1)).enumerate() {
-        let first = chunk_index * batch.max(1);
-        let mut streams: Vec<ChaCha8Rng> = (0..chunk.len())
-            .map(|i| image_rng(seed, first + i))
+    let mut streams: Vec<ChaCha8Rng> = (0..labels.len())
+        .map(|i| image_rng(seed, first + i))
+        .collect();
+    let noise = |_block: usize| {
+        let values: Vec<f32> = streams
+            .iter_mut()
+            .flat_map(|rng| {
+                (0..block_values)
+                    .map(|_| rng.sample::<f32, _>(StandardNormal))
+                    .collect::<Vec<_>>()
+            })
             .collect();
-        let noise = |_block: usize| {
-            let values: Vec<f32> = streams
-                .iter_mut()
-                .flat_map(|rng| {
-                    (0..block_values)
-                        .map(|_| rng.sample::<f32, _>(StandardNormal))
-                        .collect::<Vec<_>>()
-                })
-                .collect();
-            Tensor::<1>::from_floats(values.as_slice(), &device).reshape([
-                chunk.len(),
-                config.block_size,
-                config.latent_size,
-            ])
-        };
-        let mut sampler_rng = image_rng(seed ^ 0x5eed, first);
-        let tokens = generate(
-            model,
-            chunk,
-            generation,
-            &schedule,
-            noise,
-            &mut sampler_rng,
-            observer,
-        );
-        let tokens = tokens
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .expect("f32 tokens");
-        pixels.extend(unpatchify(config, &tokens, chunk.len()));
-    }
-    pixels
+        Tensor::<1>::from_floats(values.as_slice(), &device).reshape([
+            labels.len(),
+            config.block_size,
+            config.latent_size,
+        ])
+    };
+    let mut sampler_rng = image_rng(seed ^ 0x5eed, first);
+    let tokens = generate(
+        model,
+        labels,
+        generation,
+        &schedule,
+        noise,
+        &mut sampler_rng,
+        observer,
+    );
+    let tokens = tokens
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .expect("f32 tokens");
+    unpatchify(config, &tokens, labels.len())
 }
 
 /// What `acdit sample` was asked for.

@@ -63,7 +63,7 @@ pub fn generate(
             x
         }
     };
-    let mut cache = KvCache::new(config.depth);
+    let mut cache = KvCache::new(config.depth, config.seq_len());
     let mut finished: Vec<Tensor<3>> = Vec::with_capacity(config.ar_len);
     for block in 0..config.ar_len {
         let mut sampler = new_sampler(generation.sampler, schedule, generation.steps);

@@ -1,49 +1,80 @@
 //! The per-layer key/value cache of blockwise sampling.
 //!
-//! Each clean block's keys and values (after QK-norm and RoPE) are appended once, when the block
+//! Each clean block's keys and values (after QK-norm and RoPE) are written once, when the block
 //! after it takes its first step; later steps attend to them without recomputing the prefix.
 
 use burn::prelude::*;
 
 /// Keys and values of the clean blocks generated so far, for every layer.
-#[derive(Debug, Default)]
+///
+/// Each layer's buffer holds the whole sequence, allocated at the first write. A step writes its
+/// own keys and values just after the cached ones and attends to a view of the filled part, so
+/// no step concatenates or allocates; the next step overwrites that scratch slot.
+#[derive(Debug)]
 pub struct KvCache {
+    /// Per layer: key and value buffers, each (n, heads, capacity, head_dim).
     layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    capacity: usize,
+    /// Tokens cached for good (the same in every layer once a step has run through the model).
+    cached: Vec<usize>,
 }
 
 impl KvCache {
-    pub fn new(depth: usize) -> Self {
+    /// An empty cache for `depth` layers and sequences of up to `capacity` tokens.
+    pub fn new(depth: usize, capacity: usize) -> Self {
         Self {
             layers: vec![None; depth],
+            capacity,
+            cached: vec![0; depth],
         }
     }
 
-    /// Tokens cached so far (the same in every layer).
+    /// Tokens cached for good so far.
     pub fn len(&self) -> usize {
-        self.layers
-            .first()
-            .and_then(|l| l.as_ref())
-            .map_or(0, |(k, _)| k.dims()[2])
+        self.cached.first().copied().unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Appends to one layer. k, v: (n, heads, tokens, head_dim).
-    pub fn append(&mut self, layer: usize, k: Tensor<4>, v: Tensor<4>) {
-        let entry = &mut self.layers[layer];
-        *entry = Some(match entry.take() {
-            None => (k, v),
-            Some((old_k, old_v)) => (
-                Tensor::cat(vec![old_k, k], 2),
-                Tensor::cat(vec![old_v, v], 2),
-            ),
+    /// One layer's keys and values for this step: caches `finished` (a clean block's keys and
+    /// values, kept for later steps) if given, writes `current` after the cache for this step
+    /// only, and returns cached + current. All are (n, heads, tokens, head_dim).
+    pub fn keys_for_step(
+        &mut self,
+        layer: usize,
+        finished: Option<(Tensor<4>, Tensor<4>)>,
+        current: (Tensor<4>, Tensor<4>),
+    ) -> (Tensor<4>, Tensor<4>) {
+        let [n, heads, _, head_dim] = current.0.dims();
+        let capacity = self.capacity;
+        let (mut keys, mut values) = self.layers[layer].take().unwrap_or_else(|| {
+            let device = current.0.device();
+            let empty = || Tensor::zeros([n, heads, capacity, head_dim], &device);
+            (empty(), empty())
         });
-    }
-
-    /// The cached keys and values of one layer, if any: each (n, heads, cached, head_dim).
-    pub fn get(&self, layer: usize) -> Option<(Tensor<4>, Tensor<4>)> {
-        self.layers[layer].clone()
+        let mut write = |at: usize, (k, v): (Tensor<4>, Tensor<4>)| {
+            let len = k.dims()[2];
+            assert!(
+                at + len <= capacity,
+                "KV cache holds {capacity} tokens; a step needs {}",
+                at + len
+            );
+            let slot = [0..n, 0..heads, at..at + len, 0..head_dim];
+            keys = keys.clone().slice_assign(slot.clone(), k);
+            values = values.clone().slice_assign(slot, v);
+            at + len
+        };
+        if let Some(finished) = finished {
+            self.cached[layer] = write(self.cached[layer], finished);
+        }
+        let filled = write(self.cached[layer], current);
+        let view = (
+            keys.clone().narrow(2, 0, filled),
+            values.clone().narrow(2, 0, filled),
+        );
+        self.layers[layer] = Some((keys, values));
+        view
     }
 }

@@ -16,8 +16,8 @@ use burn::prelude::*;
 
 use crate::config::ModelConfig;
 use crate::layout::position_ids;
-use crate::mask::{additive_bias, cached_step_mask, prefix_mask, skip_causal_mask};
-use attention::CacheUse;
+use crate::mask::{additive_bias, cached_step_mask, prefix_mask};
+use attention::{CacheUse, KeyPattern};
 use block::{DitBlock, FinalLayer, Tokens, cond_silu};
 use cache::KvCache;
 use embed::{LabelEmbedder, TimestepEmbedder};
@@ -122,6 +122,9 @@ impl Acdit {
     ///
     /// clean, noisy: (n, seq_len, latent); t: (n * ar_len) timesteps, one per block, item-major;
     /// labels: (n), `num_classes` = null -> predicted noise of the noisy half, (n, seq_len, latent).
+    ///
+    /// The last clean block is not fed: under the mask only itself would see it, so it cannot
+    /// change the prediction (see [`crate::mask::clean_causal_mask`]).
     pub fn forward_train(
         &self,
         clean: Tensor<3>,
@@ -131,26 +134,22 @@ impl Acdit {
     ) -> Tensor<3> {
         let (blocks, block_len) = (self.config.ar_len, self.config.block_size);
         let seq = blocks * block_len;
+        let clean_len = seq - block_len;
         let cond = self.conditions(t, labels, blocks);
-        let x = Tensor::cat(
-            vec![
-                self.x_embedder.forward(clean),
-                self.x_embedder.forward(noisy),
-            ],
-            1,
-        );
+        let noisy = self.x_embedder.forward(noisy);
+        let x = if clean_len == 0 {
+            noisy
+        } else {
+            let clean = self.x_embedder.forward(clean.narrow(1, 0, clean_len));
+            Tensor::cat(vec![clean, noisy], 1)
+        };
         let positions: Vec<Vec<usize>> = self
             .positions
             .iter()
-            .map(|axis| [axis.as_slice(), axis.as_slice()].concat())
+            .map(|axis| [&axis[..clean_len], axis.as_slice()].concat())
             .collect();
-        let bias = additive_bias(
-            &skip_causal_mask(blocks, block_len),
-            2 * seq,
-            2 * seq,
-            &self.device(),
-        );
-        self.run(x, seq, cond, &positions, Some(bias), None)
+        let keys = KeyPattern::skip_causal(blocks, block_len, &self.device());
+        self.run(x, clean_len, cond, &positions, keys, None)
     }
 
     /// One cached sampling call for block `block`.
@@ -171,7 +170,7 @@ impl Acdit {
         let block_len = self.config.block_size;
         let cond = self.conditions(t, labels, 1);
         let noisy_positions = block * block_len..(block + 1) * block_len;
-        let (x, clean, token_range, bias) = match clean_prev {
+        let (x, clean, token_range, keys) = match clean_prev {
             Some(prev) => {
                 let x = Tensor::cat(
                     vec![
@@ -191,17 +190,22 @@ impl Acdit {
                     x,
                     block_len,
                     (block - 1) * block_len..noisy_positions.end,
-                    Some(bias),
+                    KeyPattern::Masked(bias),
                 )
             }
-            None => (self.x_embedder.forward(noisy), 0, noisy_positions, None),
+            None => (
+                self.x_embedder.forward(noisy),
+                0,
+                noisy_positions,
+                KeyPattern::All,
+            ),
         };
         let positions: Vec<Vec<usize>> = self
             .positions
             .iter()
             .map(|axis| axis[token_range.clone()].to_vec())
             .collect();
-        self.run(x, clean, cond, &positions, bias, Some(cache))
+        self.run(x, clean, cond, &positions, keys, Some(cache))
     }
 
     /// The cache-free reference of a sampling call: recomputes [clean blocks 0..block | noisy
@@ -242,7 +246,7 @@ impl Acdit {
             tokens,
             &self.device(),
         );
-        self.run(x, clean, cond, &positions, Some(bias), None)
+        self.run(x, clean, cond, &positions, KeyPattern::Masked(bias), None)
     }
 
     /// Per-block conditions t_emb + y_emb: t (n * groups), labels (n) -> (n, groups, hidden).
@@ -264,7 +268,7 @@ impl Acdit {
         clean: usize,
         cond: Tensor<3>,
         positions: &[Vec<usize>],
-        bias: Option<Tensor<4>>,
+        keys: KeyPattern,
         mut cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
         let rope = self.rope.table(positions, &self.device());
@@ -276,7 +280,7 @@ impl Acdit {
                 layer,
                 append: clean,
             });
-            tokens = block.forward(tokens, cond.clone(), &rope, bias.clone(), cache_use);
+            tokens = block.forward(tokens, cond.clone(), &rope, &keys, cache_use);
         }
         let [_, total, _] = tokens.x.dims();
         let noisy = tokens.x.narrow(1, clean, total - clean);
@@ -398,6 +402,78 @@ pub(crate) mod tests {
         );
     }
 
+    #[test]
+    fn gradients_match_finite_differences() {
+        // Along each parameter's gradient direction g/|g|, the loss must change at rate |g|.
+        struct Collect<'a>(&'a burn::tensor::Gradients, Vec<Vec<f32>>);
+        impl ModuleVisitor for Collect<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                let grad = param
+                    .val()
+                    .grad(self.0)
+                    .expect("every parameter has a gradient");
+                self.1.push(grad.into_data().try_to_vec::<f32>().unwrap());
+            }
+        }
+        struct Shift {
+            target: usize,
+            seen: usize,
+            delta: Vec<f32>,
+        }
+        impl burn::module::ModuleMapper for Shift {
+            fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+                self.seen += 1;
+                if self.seen - 1 != self.target {
+                    return param;
+                }
+                param.map(|t| {
+                    let delta = Tensor::<1>::from_floats(self.delta.as_slice(), &t.device());
+                    t.clone() + delta.reshape(t.shape())
+                })
+            }
+        }
+
+        let device = Device::flex().autodiff();
+        let config = tiny_config(2);
+        let model = random_model(&config, &device, 5);
+        let mut rng = ChaCha8Rng::seed_from_u64(6);
+        let shape = [2, config.seq_len(), config.latent_size];
+        let clean = random_tensor(shape, &mut rng, &device);
+        let noisy = random_tensor(shape, &mut rng, &device);
+        let target = random_tensor(shape, &mut rng, &device);
+        let t: Vec<f32> = (0..2 * config.ar_len)
+            .map(|i| (i * 131 % 1000) as f32)
+            .collect();
+        let labels = [4, 10];
+        let loss = |model: &Acdit| {
+            let eps = model.forward_train(clean.clone(), noisy.clone(), &t, &labels);
+            (eps - target.clone()).square().sum()
+        };
+        let mut collect = Collect(&loss(&model).backward(), Vec::new());
+        model.visit(&mut collect);
+        let h = 1e-2f32;
+        let mut failures = Vec::new();
+        for (i, grad) in collect.1.iter().enumerate() {
+            let norm = grad.iter().map(|g| g * g).sum::<f32>().sqrt();
+            let shifted = |sign: f32| {
+                let delta = grad.iter().map(|g| sign * h * g / norm).collect();
+                let mut shift = Shift {
+                    target: i,
+                    seen: 0,
+                    delta,
+                };
+                loss(&model.clone().map(&mut shift)).into_scalar::<f32>()
+            };
+            let numeric = (shifted(1.0) - shifted(-1.0)) / (2.0 * h);
+            if (numeric - norm).abs() > 0.02 * norm.max(1e-2) {
+                failures.push(format!(
+                    "parameter {i}: autodiff {norm}, finite difference {numeric}"
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "{failures:#?}");
+    }
+
     fn sample_both_ways(config: &ModelConfig, cfg: f64) -> (Tensor<3>, Tensor<3>) {
         let device = Device::flex();
         let model = random_model(config, &device, 3);
@@ -469,7 +545,14 @@ pub(crate) mod tests {
             &t,
             &labels,
         );
-        let c = model.forward_cached(noisy, None, &t, &labels, 0, &mut KvCache::new(config.depth));
+        let c = model.forward_cached(
+            noisy,
+            None,
+            &t,
+            &labels,
+            0,
+            &mut KvCache::new(config.depth, config.seq_len()),
+        );
         assert!(max_abs_diff(a.clone(), b) < 1e-5);
         assert!(max_abs_diff(a, c) < 1e-5);
     }
