@@ -61,7 +61,7 @@ impl TrainConfig {
             model: ModelConfig::image(1, 32, 4, 4, 128, 4, 10),
             batch_size: 32,
             steps: 2500,
-            lr: 1e-3,
+            lr: 2e-3,
             lr_schedule: LrSchedule::Wsd,
             warmup_steps: 100,
             decay_fraction: 0.2,
