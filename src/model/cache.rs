@@ -49,32 +49,40 @@ impl KvCache {
     ) -> (Tensor<4>, Tensor<4>) {
         let [n, heads, _, head_dim] = current.0.dims();
         let capacity = self.capacity;
-        let (mut keys, mut values) = self.layers[layer].take().unwrap_or_else(|| {
+        let mut buffers = self.layers[layer].take().unwrap_or_else(|| {
             let device = current.0.device();
             let empty = || Tensor::zeros([n, heads, capacity, head_dim], &device);
             (empty(), empty())
         });
-        let mut write = |at: usize, (k, v): (Tensor<4>, Tensor<4>)| {
-            let len = k.dims()[2];
-            assert!(
-                at + len <= capacity,
-                "KV cache holds {capacity} tokens; a step needs {}",
-                at + len
-            );
-            let slot = [0..n, 0..heads, at..at + len, 0..head_dim];
-            keys = keys.clone().slice_assign(slot.clone(), k);
-            values = values.clone().slice_assign(slot, v);
-            at + len
-        };
         if let Some(finished) = finished {
-            self.cached[layer] = write(self.cached[layer], finished);
+            (buffers, self.cached[layer]) = write_at(buffers, self.cached[layer], finished);
         }
-        let filled = write(self.cached[layer], current);
+        let (buffers, filled) = write_at(buffers, self.cached[layer], current);
         let view = (
-            keys.clone().narrow(2, 0, filled),
-            values.clone().narrow(2, 0, filled),
+            buffers.0.clone().narrow(2, 0, filled),
+            buffers.1.clone().narrow(2, 0, filled),
         );
-        self.layers[layer] = Some((keys, values));
+        self.layers[layer] = Some(buffers);
         view
     }
+}
+
+/// Writes k, v into the buffers at token `at`; returns the buffers and the token after the write.
+/// The buffers are moved in, so when nothing else holds them the backend writes in place.
+fn write_at(
+    (keys, values): (Tensor<4>, Tensor<4>),
+    at: usize,
+    (k, v): (Tensor<4>, Tensor<4>),
+) -> ((Tensor<4>, Tensor<4>), usize) {
+    let [n, heads, len, head_dim] = k.dims();
+    let capacity = keys.dims()[2];
+    assert!(
+        at + len <= capacity,
+        "KV cache holds {capacity} tokens; a step needs {}",
+        at + len
+    );
+    let slot = [0..n, 0..heads, at..at + len, 0..head_dim];
+    let keys = keys.slice_assign(slot.clone(), k);
+    let values = values.slice_assign(slot, v);
+    ((keys, values), at + len)
 }
