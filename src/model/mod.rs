@@ -363,19 +363,40 @@ pub(crate) mod tests {
         assert!(frozen.0.is_empty(), "not trained: {:?}", frozen.0);
     }
 
+    /// Two items of random clean and noisy tokens, a random target and a timestep per block.
+    struct TrainingInputs {
+        clean: Tensor<3>,
+        noisy: Tensor<3>,
+        target: Tensor<3>,
+        t: Vec<f32>,
+    }
+
+    impl TrainingInputs {
+        fn random(config: &ModelConfig, seed: u64, device: &Device) -> Self {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let shape = [2, config.seq_len(), config.latent_size];
+            Self {
+                clean: random_tensor(shape, &mut rng, device),
+                noisy: random_tensor(shape, &mut rng, device),
+                target: random_tensor(shape, &mut rng, device),
+                t: (0..2 * config.ar_len)
+                    .map(|i| (i * 97 % 1000) as f32)
+                    .collect(),
+            }
+        }
+    }
+
     #[test]
     fn every_parameter_gets_a_gradient() {
         let device = Device::flex().autodiff();
         let config = tiny_config(2);
         let model = random_model(&config, &device, 1);
-        let mut rng = ChaCha8Rng::seed_from_u64(2);
-        let shape = [2, config.seq_len(), config.latent_size];
-        let clean = random_tensor(shape, &mut rng, &device);
-        let noisy = random_tensor(shape, &mut rng, &device);
-        let target = random_tensor(shape, &mut rng, &device);
-        let t: Vec<f32> = (0..2 * config.ar_len)
-            .map(|i| (i * 97 % 1000) as f32)
-            .collect();
+        let TrainingInputs {
+            clean,
+            noisy,
+            target,
+            t,
+        } = TrainingInputs::random(&config, 2, &device);
         let eps = model.forward_train(clean, noisy, &t, &[3, 10]);
         let grads = (eps - target).square().mean().backward();
 
@@ -436,14 +457,12 @@ pub(crate) mod tests {
         let device = Device::flex().autodiff();
         let config = tiny_config(2);
         let model = random_model(&config, &device, 5);
-        let mut rng = ChaCha8Rng::seed_from_u64(6);
-        let shape = [2, config.seq_len(), config.latent_size];
-        let clean = random_tensor(shape, &mut rng, &device);
-        let noisy = random_tensor(shape, &mut rng, &device);
-        let target = random_tensor(shape, &mut rng, &device);
-        let t: Vec<f32> = (0..2 * config.ar_len)
-            .map(|i| (i * 131 % 1000) as f32)
-            .collect();
+        let TrainingInputs {
+            clean,
+            noisy,
+            target,
+            t,
+        } = TrainingInputs::random(&config, 6, &device);
         let labels = [4, 10];
         let loss = |model: &Acdit| {
             let eps = model.forward_train(clean.clone(), noisy.clone(), &t, &labels);
