@@ -266,9 +266,7 @@ mod tests {
     use super::*;
 
     fn vector_dirs() -> Vec<std::path::PathBuf> {
-        let root = std::env::var_os("ACDIT_CONFORMANCE")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance"));
+        let root = crate::checkpoint::tensors::conformance_dir();
         let mut dirs: Vec<_> = std::fs::read_dir(&root)
             .unwrap_or_else(|e| panic!("conformance vectors at {}: {e}", root.display()))
             .filter_map(|entry| entry.ok().map(|e| e.path()))

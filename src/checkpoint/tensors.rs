@@ -316,17 +316,24 @@ pub fn write_safetensors_atomic(
 }
 
 /// The conformance vectors: `$ACDIT_CONFORMANCE` if set, else `../shared/conformance`
-/// next to the crate.
+/// next to the crate. Panics, naming the folder, when it is missing: the tests that read it
+/// would otherwise fail with a bare "No such file or directory".
 #[cfg(test)]
 pub(crate) fn conformance_dir() -> PathBuf {
-    std::env::var_os("ACDIT_CONFORMANCE")
+    let dir = std::env::var_os("ACDIT_CONFORMANCE")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(concat!(
                 env!("CARGO_MANIFEST_DIR"),
                 "/../shared/conformance"
             ))
-        })
+        });
+    assert!(
+        dir.is_dir(),
+        "conformance vectors not found at {}: set ACDIT_CONFORMANCE to their folder",
+        dir.display()
+    );
+    dir
 }
 
 /// A fresh empty folder under the system temp dir for one test.
