@@ -1,7 +1,7 @@
 //! ACDiT: the Autoregressive blockwise Conditional Diffusion Transformer.
 //!
 //! The path of the data: `data` -> `train` -> `checkpoint` -> `sampling` (with `diffusion`) ->
-//! `output`. The network lives in `model`, the Skip-Causal Attention Mask in `mask`, the token
+//! `output`. The network lives in `model` (its CPU hot spots in `fused`), the Skip-Causal Attention Mask in `mask`, the token
 //! layout in `layout`, and `conformance` checks everything against the reference's vectors.
 
 pub mod bench;
@@ -11,6 +11,7 @@ pub mod conformance;
 pub mod data;
 pub mod device;
 pub mod diffusion;
+pub mod fused;
 pub mod layout;
 pub mod mask;
 pub mod model;

@@ -2,12 +2,12 @@
 
 use burn::nn::Linear;
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
 
 use super::cache::KvCache;
 use super::norm::RmsNorm;
 use super::rope::RopeTable;
 use super::{linear, linear_tokens};
+use crate::fused::softmax;
 use crate::mask::{additive_bias, clean_causal_mask, noisy_to_clean_mask};
 
 #[derive(Module, Debug)]
@@ -169,14 +169,14 @@ fn skip_causal_attend(
     let own_scores = (q_noisy.clone().matmul(k_noisy.swap_dims(2, 3)) * scale)
         .reshape([n, heads, noisy_len, block_len]);
     let Some(bias) = clean else {
-        let probs = softmax(own_scores, 3).reshape([n, heads * blocks, block_len, block_len]);
+        let probs = softmax(own_scores).reshape([n, heads * blocks, block_len, block_len]);
         return probs.matmul(v_noisy).reshape([n, heads, noisy_len, d]);
     };
     let (k_clean, v_clean) = (k.narrow(2, 0, clean_len), v.narrow(2, 0, clean_len));
     let q_noisy = q_noisy.reshape([n, heads, noisy_len, d]);
     let clean_scores =
         q_noisy.matmul(k_clean.clone().swap_dims(2, 3)) * scale + bias.noisy_to_clean.clone();
-    let probs = softmax(Tensor::cat(vec![clean_scores, own_scores], 3), 3);
+    let probs = softmax(Tensor::cat(vec![clean_scores, own_scores], 3));
     let from_clean = probs
         .clone()
         .narrow(3, 0, clean_len)
@@ -204,7 +204,7 @@ pub fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, bias: Option<Tensor<4>>)
         Some(bias) => scores + bias,
         None => scores,
     };
-    softmax(scores, 3).matmul(v)
+    softmax(scores).matmul(v)
 }
 
 #[cfg(test)]

@@ -21,8 +21,6 @@ impl RmsNorm {
 
     /// x: (..., dim) -> (..., dim)
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let mean_square = x.clone().square().mean_dim(D - 1);
-        let inv_rms = (mean_square + self.eps).sqrt().recip();
-        x * inv_rms * self.weight.val().unsqueeze()
+        crate::fused::rms_norm(x, self.weight.val(), self.eps)
     }
 }

@@ -86,10 +86,6 @@ impl Rope {
 impl RopeTable {
     /// x: (n, heads, tokens, head_dim) -> rotated, same shape.
     pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
-        let half = x.dims()[3] / 2;
-        let first = x.clone().narrow(3, 0, half);
-        let second = x.clone().narrow(3, half, half);
-        let rotated = Tensor::cat(vec![second.neg(), first], 3);
-        x * self.cos.clone() + rotated * self.sin.clone()
+        crate::fused::rope(x, self.cos.clone(), self.sin.clone())
     }
 }

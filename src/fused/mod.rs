@@ -1,0 +1,446 @@
+//! Fused ops for the CPU backend: tanh-GELU, softmax, RMSNorm and RoPE, each one pass forward and
+//! one pass backward.
+//!
+//! Composed from burn's primitives, each of these is a chain of element-wise ops (RMSNorm is
+//! seven, and autodiff records a backward step for each), and burn-flex runs them one by one on
+//! one core with a scalar `expf`. On flex tensors, with or without autodiff, these functions call
+//! our kernels instead; on other devices they compose the same math from primitives.
+
+mod kernels;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Dispatch, DispatchDevice, Flex, backend_extension};
+use burn::prelude::*;
+use burn::tensor::{DType, TensorData, activation};
+
+pub use kernels::exp;
+
+/// tanh-GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if runs_fused(&x) {
+        return Tensor::from_dispatch(<Dispatch as FusedOps>::gelu_tanh(x.into_dispatch()));
+    }
+    composed::gelu_tanh(x)
+}
+
+/// Softmax over the last dimension.
+pub fn softmax<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if runs_fused(&x) {
+        return Tensor::from_dispatch(<Dispatch as FusedOps>::softmax_last(x.into_dispatch()));
+    }
+    activation::softmax(x, D - 1)
+}
+
+/// RMSNorm over the last dimension: x / sqrt(mean(x^2) + eps) * weight.
+pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64) -> Tensor<D> {
+    if runs_fused(&x) {
+        return Tensor::from_dispatch(<Dispatch as FusedOps>::rms_norm(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            eps,
+        ));
+    }
+    composed::rms_norm(x, weight, eps)
+}
+
+/// Rotary embedding x cos + rotate_half(x) sin, rotate_half(x) = [-x2, x1] for the halves of the
+/// last dimension. x: (n, heads, tokens, head_dim); cos, sin: (1, 1, tokens, head_dim).
+pub fn rope(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
+    if runs_fused(&x) {
+        return Tensor::from_dispatch(<Dispatch as FusedOps>::rope(
+            x.into_dispatch(),
+            cos.into_dispatch(),
+            sin.into_dispatch(),
+        ));
+    }
+    composed::rope(x, cos, sin)
+}
+
+/// The same functions composed from burn's primitives: the path on other devices, and the
+/// obvious reference the kernels are tested against.
+mod composed {
+    use burn::prelude::*;
+    use burn::tensor::activation::sigmoid;
+
+    /// x * sigmoid(2z) is tanh-GELU, finite for any x (tanh's gradient is not).
+    pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+        const TWO_SQRT_2_OVER_PI: f64 = 2.0 * 0.797_884_560_802_865_4;
+        let two_z = (x.clone() * x.clone() * 0.044715 + 1.0) * x.clone() * TWO_SQRT_2_OVER_PI;
+        x * sigmoid(two_z)
+    }
+
+    pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64) -> Tensor<D> {
+        let mean_square = x.clone().square().mean_dim(D - 1);
+        let inv_rms = (mean_square + eps).sqrt().recip();
+        x * inv_rms * weight.unsqueeze()
+    }
+
+    pub fn rope(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
+        let half = x.dims()[3] / 2;
+        let first = x.clone().narrow(3, 0, half);
+        let second = x.clone().narrow(3, half, half);
+        let rotated = Tensor::cat(vec![second.neg(), first], 3);
+        x * cos + rotated * sin
+    }
+}
+
+/// Whether `x` lives on flex (with or without autodiff) as f32, where our kernels apply.
+fn runs_fused<const D: usize>(x: &Tensor<D>) -> bool {
+    let on_flex = match x.device().as_dispatch() {
+        DispatchDevice::Flex(_) => true,
+        DispatchDevice::Autodiff(inner) => matches!(**inner, DispatchDevice::Flex(_)),
+        #[allow(unreachable_patterns)]
+        _ => false,
+    };
+    on_flex && x.dtype() == DType::F32
+}
+
+#[backend_extension(Flex, Autodiff)]
+pub trait FusedOps: burn::backend::Backend {
+    fn gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self>;
+    fn rope(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+}
+
+/// The values of a flex tensor in row-major order (copied only when it is a strided view).
+fn values(x: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+    match x.as_slice::<f32>() {
+        Some(slice) => std::borrow::Cow::Borrowed(slice),
+        None => std::borrow::Cow::Owned(x.to_contiguous().as_slice::<f32>().unwrap().to_vec()),
+    }
+}
+
+fn flex_tensor(values: Vec<f32>, shape: burn::tensor::Shape) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+fn last_dim(x: &FlexTensor) -> usize {
+    let shape = x.layout().shape();
+    shape[shape.num_dims() - 1]
+}
+
+fn rope_table<'a>(cos: &'a [f32], sin: &'a [f32], x: &FlexTensor) -> kernels::RopeTable<'a> {
+    kernels::RopeTable {
+        cos,
+        sin,
+        head_dim: last_dim(x),
+    }
+}
+
+impl FusedOps for Flex {
+    fn gelu_tanh(x: FlexTensor) -> FlexTensor {
+        flex_tensor(kernels::gelu(&values(&x)), x.layout().shape().clone())
+    }
+
+    fn softmax_last(x: FlexTensor) -> FlexTensor {
+        let y = kernels::softmax(&values(&x), last_dim(&x));
+        flex_tensor(y, x.layout().shape().clone())
+    }
+
+    fn rms_norm(x: FlexTensor, weight: FlexTensor, eps: f64) -> FlexTensor {
+        let y = kernels::rms_norm(&values(&x), &values(&weight), eps as f32);
+        flex_tensor(y, x.layout().shape().clone())
+    }
+
+    fn rope(x: FlexTensor, cos: FlexTensor, sin: FlexTensor) -> FlexTensor {
+        let (cos, sin) = (values(&cos), values(&sin));
+        let y = kernels::rope(&values(&x), rope_table(&cos, &sin, &x), false);
+        flex_tensor(y, x.layout().shape().clone())
+    }
+}
+
+/// The input of GELU, kept for its gradient.
+#[derive(Debug)]
+struct GeluBackward;
+
+impl Backward<Flex, 1> for GeluBackward {
+    type State = FlexTensor;
+
+    fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let x = ops.state;
+        let dy = grads.consume::<Flex>(&ops.node);
+        if let [Some(parent)] = ops.parents {
+            let dx = kernels::gelu_backward(&values(&x), &values(&dy));
+            grads.register::<Flex>(parent.id, flex_tensor(dx, x.layout().shape().clone()));
+        }
+    }
+}
+
+/// The output of softmax, kept for its gradient.
+#[derive(Debug)]
+struct SoftmaxBackward;
+
+impl Backward<Flex, 1> for SoftmaxBackward {
+    type State = FlexTensor;
+
+    fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let y = ops.state;
+        let dy = grads.consume::<Flex>(&ops.node);
+        if let [Some(parent)] = ops.parents {
+            let dx = kernels::softmax_backward(&values(&y), &values(&dy), last_dim(&y));
+            grads.register::<Flex>(parent.id, flex_tensor(dx, y.layout().shape().clone()));
+        }
+    }
+}
+
+/// RMSNorm's input, weight and eps, kept for the gradients of both.
+#[derive(Debug)]
+struct RmsNormBackward;
+
+impl Backward<Flex, 2> for RmsNormBackward {
+    type State = (FlexTensor, FlexTensor, f64);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (x, weight, eps) = ops.state;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let (dx, d_weight) =
+            kernels::rms_norm_backward(&values(&x), &values(&weight), eps as f32, &values(&dy));
+        let [x_parent, weight_parent] = ops.parents;
+        if let Some(parent) = x_parent {
+            grads.register::<Flex>(parent.id, flex_tensor(dx, x.layout().shape().clone()));
+        }
+        if let Some(parent) = weight_parent {
+            let shape = weight.layout().shape().clone();
+            grads.register::<Flex>(parent.id, flex_tensor(d_weight, shape));
+        }
+    }
+}
+
+/// RoPE's cos and sin tables (constants), kept to apply the adjoint rotation to the gradient.
+#[derive(Debug)]
+struct RopeBackward;
+
+impl Backward<Flex, 1> for RopeBackward {
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (cos, sin) = ops.state;
+        let dy = grads.consume::<Flex>(&ops.node);
+        if let [Some(parent)] = ops.parents {
+            let (cos, sin) = (values(&cos), values(&sin));
+            let dx = kernels::rope(&values(&dy), rope_table(&cos, &sin, &dy), true);
+            grads.register::<Flex>(parent.id, flex_tensor(dx, dy.layout().shape().clone()));
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
+    fn gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        match GeluBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let x = x.into_primitive();
+                prep.finish(x.clone(), Flex::gelu_tanh(x))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::gelu_tanh(x.into_primitive())),
+        }
+    }
+
+    fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        match SoftmaxBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = Flex::softmax_last(x.into_primitive());
+                prep.finish(y.clone(), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::softmax_last(x.into_primitive())),
+        }
+    }
+
+    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        let nodes = [x.node(), weight.node()];
+        let (x, weight) = (x.into_primitive(), weight.into_primitive());
+        match RmsNormBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = Flex::rms_norm(x.clone(), weight.clone(), eps);
+                prep.finish((x, weight, eps), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::rms_norm(x, weight, eps)),
+        }
+    }
+
+    fn rope(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let (cos, sin) = (cos.into_primitive(), sin.into_primitive());
+        match RopeBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = Flex::rope(x.into_primitive(), cos.clone(), sin.clone());
+                prep.finish((cos, sin), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::rope(x.into_primitive(), cos, sin)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    fn random<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
+        Tensor::random(shape, Distribution::Normal(0.0, 2.0), device)
+    }
+
+    fn largest_difference<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+        (a - b).abs().max().into_scalar::<f32>()
+    }
+
+    /// Checks that `fused` and `reference` agree, in value and in the gradients of a random
+    /// weighting of the output with respect to every input.
+    fn assert_same_function<const D: usize, const I: usize>(
+        inputs: [Tensor<D>; I],
+        fused: impl Fn(&[Tensor<D>; I]) -> Tensor<D>,
+        reference: impl Fn(&[Tensor<D>; I]) -> Tensor<D>,
+    ) {
+        let device = Device::flex().autodiff();
+        let tracked = || {
+            inputs
+                .clone()
+                .map(|x| Tensor::from_data(x.into_data(), &device).require_grad())
+        };
+        let (ours, theirs) = (tracked(), tracked());
+        let (y_ours, y_theirs) = (fused(&ours), reference(&theirs));
+        let weights = random(y_ours.dims(), &device);
+        let tolerance = 1e-5 * (1.0 + y_theirs.clone().abs().max().into_scalar::<f32>());
+        let error = largest_difference(y_ours.clone(), y_theirs.clone());
+        assert!(error < tolerance, "values differ by {error}");
+        let grads_ours = (y_ours * weights.clone()).sum().backward();
+        let grads_theirs = (y_theirs * weights).sum().backward();
+        for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+            let (a, b) = (a.grad(&grads_ours).unwrap(), b.grad(&grads_theirs).unwrap());
+            let tolerance = 1e-4 * (1.0 + b.clone().abs().max().into_scalar::<f32>());
+            let error = largest_difference(a, b);
+            assert!(
+                error < tolerance,
+                "gradients of input {i} differ by {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn exp_is_accurate_over_the_whole_range() {
+        for i in -1000..=1000 {
+            let x = i as f32 * 0.087;
+            let expected = (x as f64).exp();
+            let relative = ((exp(x) as f64 - expected) / expected).abs();
+            assert!(relative < 3e-7, "exp({x}): {} vs {expected}", exp(x));
+        }
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(-100.0), 0.0);
+        assert!(exp(-87.5) < 1e-37);
+    }
+
+    #[test]
+    fn fused_gelu_matches_its_composition() {
+        let device = Device::flex();
+        let x = random([3, 70, 33], &device);
+        assert_same_function(
+            [x],
+            |[x]| gelu_tanh(x.clone()),
+            |[x]| composed::gelu_tanh(x.clone()),
+        );
+    }
+
+    #[test]
+    fn gelu_tanh_matches_the_tanh_formula_and_stays_finite() {
+        let device = Device::flex().autodiff();
+        let xs: Vec<f32> = (-60..=60)
+            .map(|i| i as f32 * 0.25)
+            .chain([-1e4, 1e4])
+            .collect();
+        let x = Tensor::<1>::from_floats(xs.as_slice(), &device).require_grad();
+        let y = gelu_tanh(x.clone());
+        let grad = x.grad(&y.clone().sum().backward()).unwrap();
+        let grad = grad.into_data().try_to_vec::<f32>().unwrap();
+        assert!(grad.iter().all(|g| g.is_finite()), "{grad:?}");
+        for (x, y) in xs.iter().zip(y.into_data().try_to_vec::<f32>().unwrap()) {
+            let x = *x as f64;
+            let z = (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
+            let expected = 0.5 * x * (1.0 + z.tanh());
+            assert!(
+                (y as f64 - expected).abs() < 1e-5 * (1.0 + expected.abs()),
+                "x {x}: {y} vs {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn fused_softmax_matches_burns_with_masked_scores() {
+        let device = Device::flex();
+        // Every third score of a row masked with -inf, as attention's additive bias does.
+        let mask: Vec<f32> = (0..37)
+            .map(|i| if i % 3 == 1 { f32::NEG_INFINITY } else { 0.0 })
+            .collect();
+        let mask = Tensor::<1>::from_floats(mask.as_slice(), &device).reshape([1, 1, 1, 37]);
+        let x = random([2, 3, 50, 37], &device) * 4.0;
+        assert_same_function(
+            [x],
+            |[x]| softmax(x.clone() + mask.clone().to_device(&x.device())),
+            |[x]| activation::softmax(x.clone() + mask.clone().to_device(&x.device()), 3),
+        );
+    }
+
+    #[test]
+    fn fused_rms_norm_matches_its_composition() {
+        let device = Device::flex();
+        let x = random([4, 300, 24], &device);
+        let weight = random([24], &device).reshape([1, 1, 24]);
+        assert_same_function(
+            [x, weight],
+            |[x, w]| rms_norm(x.clone(), w.clone().reshape([24]), 1e-6),
+            |[x, w]| composed::rms_norm(x.clone(), w.clone().reshape([24]), 1e-6),
+        );
+    }
+
+    #[test]
+    fn fused_rope_matches_its_composition_on_strided_input() {
+        let device = Device::flex();
+        let (cos, sin) = (random([1, 1, 9, 8], &device), random([1, 1, 9, 8], &device));
+        // A permuted view, as attention's q and k are.
+        let x = random([2, 9, 3, 8], &device);
+        assert_same_function(
+            [x],
+            |[x]| {
+                rope(
+                    x.clone().swap_dims(1, 2),
+                    cos.clone().to_device(&x.device()),
+                    sin.clone().to_device(&x.device()),
+                )
+            },
+            |[x]| {
+                composed::rope(
+                    x.clone().swap_dims(1, 2),
+                    cos.clone().to_device(&x.device()),
+                    sin.clone().to_device(&x.device()),
+                )
+            },
+        );
+    }
+}
