@@ -1,5 +1,5 @@
-//! The arithmetic of the fused ops on plain slices: each kernel reads its inputs once and writes
-//! its output once, split across the rayon pool by rows.
+//! The arithmetic of the fused ops on plain slices: each kernel reads its inputs once and
+//! overwrites one of them with its output, split across the rayon pool by rows.
 //!
 //! The hot loops are compiled for AVX-512 and AVX2 besides the baseline, chosen at run time, so
 //! the polynomial `exp` below runs 8 or 16 lanes wide (glibc's `expf` is scalar).
@@ -25,10 +25,12 @@ pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer.
+    // Adding 1.5 * 2^23 rounds to the nearest integer k, which then sits in the low bits.
     const ROUND: f32 = 12_582_912.0;
+    const ROUND_BITS: u32 = 0x4B40_0000;
     let clamped = x.clamp(-87.0, 88.0);
-    let k = (clamped * LOG2E + ROUND) - ROUND;
+    let shifted = clamped * LOG2E + ROUND;
+    let k = shifted - ROUND;
     let r = clamped - k * LN2_HI - k * LN2_LO;
     let mut p = 1.987_569_2e-4;
     p = p * r + 1.398_199_9e-3;
@@ -37,7 +39,9 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let e_r = p * r * r + r + 1.0;
-    let two_k = f32::from_bits(((k as i32 + 127) as u32) << 23);
+    // 2^k from k's bits, without a float-to-int conversion (Rust's saturating `as` does not
+    // vectorize).
+    let two_k = f32::from_bits(shifted.to_bits().wrapping_sub(ROUND_BITS).wrapping_add(127) << 23);
     if x < -87.0 { 0.0 } else { e_r * two_k }
 }
 
@@ -46,165 +50,186 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
+/// Lanes of the reductions below: independent partial results that the compiler keeps in one
+/// vector register (a single running total would be a serial chain of adds).
+const LANES: usize = 16;
+
+/// sum(f(a_i, b_i)), over lane-wise partial sums.
+#[inline(always)]
+fn sum_of(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut partial = [0.0f32; LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .map(|(&a, &b)| f(a, b))
+        .sum();
+    for (a, b) in a_chunks.zip(b_chunks) {
+        for lane in 0..LANES {
+            partial[lane] += f(a[lane], b[lane]);
+        }
+    }
+    partial.iter().sum::<f32>() + tail
+}
+
+/// sum(a_i b_i w_i), over lane-wise partial sums.
+#[inline(always)]
+fn weighted_dot(a: &[f32], b: &[f32], w: &[f32]) -> f32 {
+    let mut partial = [0.0f32; LANES];
+    let chunks = a
+        .chunks_exact(LANES)
+        .zip(b.chunks_exact(LANES))
+        .zip(w.chunks_exact(LANES));
+    for ((a, b), w) in chunks {
+        for lane in 0..LANES {
+            partial[lane] += a[lane] * b[lane] * w[lane];
+        }
+    }
+    let done = a.len() / LANES * LANES;
+    let tail: f32 = (done..a.len()).map(|i| a[i] * b[i] * w[i]).sum();
+    partial.iter().sum::<f32>() + tail
+}
+
+#[inline(always)]
+fn max_of(x: &[f32]) -> f32 {
+    let mut partial = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    for chunk in chunks {
+        for lane in 0..LANES {
+            partial[lane] = partial[lane].max(chunk[lane]);
+        }
+    }
+    partial.iter().fold(tail, |m, &v| m.max(v))
+}
+
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 const GELU_CUBIC: f32 = 0.044_715;
 
 /// Tanh-GELU written as x * sigmoid(2z), z = sqrt(2/pi) (x + 0.044715 x^3): the same function,
 /// finite for any x.
 #[multiversion(targets("x86_64+avx+avx2+fma+avx512f", "x86_64+avx+avx2+fma"))]
-fn gelu_rows(x: &[f32], y: &mut [f32]) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        let two_z = 2.0 * SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x);
-        *y = x * sigmoid(two_z);
+fn gelu_rows(x: &mut [f32]) {
+    for x in x.iter_mut() {
+        let two_z = 2.0 * SQRT_2_OVER_PI * (*x + GELU_CUBIC * *x * *x * *x);
+        *x *= sigmoid(two_z);
     }
 }
 
-/// dx = dy * d/dx [x sigmoid(2z)] = dy * (s + 2 x s (1 - s) z'), s = sigmoid(2z).
+/// grad <- grad * d/dx [x sigmoid(2z)] = grad * (s + 2 x s (1 - s) z'), s = sigmoid(2z).
 #[multiversion(targets("x86_64+avx+avx2+fma+avx512f", "x86_64+avx+avx2+fma"))]
-fn gelu_backward_rows(x: &[f32], dy: &[f32], dx: &mut [f32]) {
-    for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+fn gelu_backward_rows(x: &[f32], grad: &mut [f32]) {
+    for (grad, &x) in grad.iter_mut().zip(x) {
         let two_z = 2.0 * SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x);
         let s = sigmoid(two_z);
         let dz = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * x * x);
-        *dx = dy * (s + 2.0 * x * s * (1.0 - s) * dz);
+        *grad *= s + 2.0 * x * s * (1.0 - s) * dz;
     }
 }
 
-pub fn gelu(x: &[f32]) -> Vec<f32> {
-    let mut y = vec![0.0; x.len()];
-    y.par_chunks_mut(TASK_LEN)
+pub fn gelu(x: &mut [f32]) {
+    x.par_chunks_mut(TASK_LEN).for_each(gelu_rows);
+}
+
+pub fn gelu_backward(x: &[f32], grad: &mut [f32]) {
+    grad.par_chunks_mut(TASK_LEN)
         .zip(x.par_chunks(TASK_LEN))
-        .for_each(|(y, x)| gelu_rows(x, y));
-    y
+        .for_each(|(grad, x)| gelu_backward_rows(x, grad));
 }
 
-pub fn gelu_backward(x: &[f32], dy: &[f32]) -> Vec<f32> {
-    let mut dx = vec![0.0; x.len()];
-    dx.par_chunks_mut(TASK_LEN)
-        .zip(x.par_chunks(TASK_LEN).zip(dy.par_chunks(TASK_LEN)))
-        .for_each(|(dx, (x, dy))| gelu_backward_rows(x, dy, dx));
-    dx
-}
-
-/// Softmax of each row of `row_len` values. A row of all -inf would divide by zero; attention
-/// never makes one (every query sees at least itself).
+/// Softmax of each row of `row_len` values, in place. A row of all -inf would divide by zero;
+/// attention never makes one (every query sees at least itself).
 #[multiversion(targets("x86_64+avx+avx2+fma+avx512f", "x86_64+avx+avx2+fma"))]
-fn softmax_rows(x: &[f32], y: &mut [f32], row_len: usize) {
-    for (x, y) in x.chunks_exact(row_len).zip(y.chunks_exact_mut(row_len)) {
-        let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        let mut sum = 0.0;
-        for (y, &x) in y.iter_mut().zip(x) {
-            *y = exp(x - max);
-            sum += *y;
-        }
-        let inv = 1.0 / sum;
-        y.iter_mut().for_each(|y| *y *= inv);
+fn softmax_rows(x: &mut [f32], row_len: usize) {
+    for row in x.chunks_exact_mut(row_len) {
+        let max = max_of(row);
+        row.iter_mut().for_each(|x| *x = exp(*x - max));
+        let inv = 1.0 / sum_of(row, row, |x, _| x);
+        row.iter_mut().for_each(|y| *y *= inv);
     }
 }
 
-/// dx = y * (dy - sum(y * dy)) per row.
+/// grad <- y * (grad - sum(y * grad)) per row.
 #[multiversion(targets("x86_64+avx+avx2+fma+avx512f", "x86_64+avx+avx2+fma"))]
-fn softmax_backward_rows(y: &[f32], dy: &[f32], dx: &mut [f32], row_len: usize) {
-    let rows = y
-        .chunks_exact(row_len)
-        .zip(dy.chunks_exact(row_len))
-        .zip(dx.chunks_exact_mut(row_len));
-    for ((y, dy), dx) in rows {
-        let dot: f32 = y.iter().zip(dy).map(|(y, dy)| y * dy).sum();
-        for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
-            *dx = y * (dy - dot);
+fn softmax_backward_rows(y: &[f32], grad: &mut [f32], row_len: usize) {
+    for (y, grad) in y.chunks_exact(row_len).zip(grad.chunks_exact_mut(row_len)) {
+        let dot = sum_of(y, grad, |y, g| y * g);
+        for (grad, &y) in grad.iter_mut().zip(y) {
+            *grad = y * (*grad - dot);
         }
     }
 }
 
-pub fn softmax(x: &[f32], row_len: usize) -> Vec<f32> {
-    let mut y = vec![0.0; x.len()];
+pub fn softmax(x: &mut [f32], row_len: usize) {
     let chunk = rows_per_task(row_len) * row_len;
-    y.par_chunks_mut(chunk)
-        .zip(x.par_chunks(chunk))
-        .for_each(|(y, x)| softmax_rows(x, y, row_len));
-    y
+    x.par_chunks_mut(chunk)
+        .for_each(|x| softmax_rows(x, row_len));
 }
 
-pub fn softmax_backward(y: &[f32], dy: &[f32], row_len: usize) -> Vec<f32> {
-    let mut dx = vec![0.0; y.len()];
+pub fn softmax_backward(y: &[f32], grad: &mut [f32], row_len: usize) {
     let chunk = rows_per_task(row_len) * row_len;
-    dx.par_chunks_mut(chunk)
-        .zip(y.par_chunks(chunk).zip(dy.par_chunks(chunk)))
-        .for_each(|(dx, (y, dy))| softmax_backward_rows(y, dy, dx, row_len));
-    dx
+    grad.par_chunks_mut(chunk)
+        .zip(y.par_chunks(chunk))
+        .for_each(|(grad, y)| softmax_backward_rows(y, grad, row_len));
 }
 
 #[inline(always)]
 fn inv_rms(x: &[f32], eps: f32) -> f32 {
-    let sum_sq: f32 = x.iter().map(|v| v * v).sum();
+    let sum_sq = sum_of(x, x, |a, b| a * b);
     1.0 / (sum_sq / x.len() as f32 + eps).sqrt()
 }
 
-/// y = x / rms(x) * weight per row, rms(x) = sqrt(mean(x^2) + eps).
+/// x <- x / rms(x) * weight per row, rms(x) = sqrt(mean(x^2) + eps).
 #[multiversion(targets("x86_64+avx+avx2+fma+avx512f", "x86_64+avx+avx2+fma"))]
-fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32, y: &mut [f32]) {
-    let row_len = weight.len();
-    for (x, y) in x.chunks_exact(row_len).zip(y.chunks_exact_mut(row_len)) {
-        let r = inv_rms(x, eps);
-        for ((y, &x), &w) in y.iter_mut().zip(x).zip(weight) {
-            *y = x * r * w;
+fn rms_norm_rows(x: &mut [f32], weight: &[f32], eps: f32) {
+    for row in x.chunks_exact_mut(weight.len()) {
+        let r = inv_rms(row, eps);
+        for (x, &w) in row.iter_mut().zip(weight) {
+            *x *= r * w;
         }
     }
 }
 
-/// With g = dy * weight: dx = r g - x r^3 mean(g x); and each row adds dy x r to `d_weight`.
+/// With g = grad * weight: grad <- r g - x r^3 mean(g x); each row adds grad x r to `d_weight`.
 #[multiversion(targets("x86_64+avx+avx2+fma+avx512f", "x86_64+avx+avx2+fma"))]
 fn rms_norm_backward_rows(
     x: &[f32],
     weight: &[f32],
     eps: f32,
-    dy: &[f32],
-    dx: &mut [f32],
+    grad: &mut [f32],
     d_weight: &mut [f32],
 ) {
     let row_len = weight.len();
-    let rows = x
-        .chunks_exact(row_len)
-        .zip(dy.chunks_exact(row_len))
-        .zip(dx.chunks_exact_mut(row_len));
-    for ((x, dy), dx) in rows {
+    for (x, grad) in x.chunks_exact(row_len).zip(grad.chunks_exact_mut(row_len)) {
         let r = inv_rms(x, eps);
-        let g_dot_x: f32 = dy
-            .iter()
-            .zip(weight)
-            .zip(x)
-            .map(|((d, w), x)| d * w * x)
-            .sum();
+        let g_dot_x = weighted_dot(grad, x, weight);
         let correction = r * r * r * g_dot_x / row_len as f32;
-        let values = dx.iter_mut().zip(d_weight.iter_mut()).zip(x).zip(dy);
-        for ((((dx, dw), &x), &dy), &w) in values.zip(weight) {
-            *dx = r * dy * w - x * correction;
-            *dw += dy * x * r;
+        let values = grad.iter_mut().zip(d_weight.iter_mut()).zip(x).zip(weight);
+        for (((grad, dw), &x), &w) in values {
+            *dw += *grad * x * r;
+            *grad = r * *grad * w - x * correction;
         }
     }
 }
-
-pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
-    let mut y = vec![0.0; x.len()];
+pub fn rms_norm(x: &mut [f32], weight: &[f32], eps: f32) {
     let chunk = rows_per_task(weight.len()) * weight.len();
-    y.par_chunks_mut(chunk)
-        .zip(x.par_chunks(chunk))
-        .for_each(|(y, x)| rms_norm_rows(x, weight, eps, y));
-    y
+    x.par_chunks_mut(chunk)
+        .for_each(|x| rms_norm_rows(x, weight, eps));
 }
 
-/// (dx, d_weight)
-pub fn rms_norm_backward(x: &[f32], weight: &[f32], eps: f32, dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    let mut dx = vec![0.0; x.len()];
+/// Overwrites `grad` (the output's) with the input's gradient; returns the weight's.
+pub fn rms_norm_backward(x: &[f32], weight: &[f32], eps: f32, grad: &mut [f32]) -> Vec<f32> {
     let chunk = rows_per_task(weight.len()) * weight.len();
-    let d_weight = dx
-        .par_chunks_mut(chunk)
-        .zip(x.par_chunks(chunk).zip(dy.par_chunks(chunk)))
+    grad.par_chunks_mut(chunk)
+        .zip(x.par_chunks(chunk))
         .fold(
             || vec![0.0; weight.len()],
-            |mut d_weight, (dx, (x, dy))| {
-                rms_norm_backward_rows(x, weight, eps, dy, dx, &mut d_weight);
+            |mut d_weight, (grad, x)| {
+                rms_norm_backward_rows(x, weight, eps, grad, &mut d_weight);
                 d_weight
             },
         )
@@ -214,31 +239,28 @@ pub fn rms_norm_backward(x: &[f32], weight: &[f32], eps: f32, dy: &[f32]) -> (Ve
                 total.iter_mut().zip(part).for_each(|(t, p)| *t += p);
                 total
             },
-        );
-    (dx, d_weight)
+        )
 }
 
-/// Rotary embedding: y = x cos + rotate_half(x) sin, with rotate_half(x) = [-x2, x1] for the
-/// halves x1, x2 of each head's row. `x` holds runs of one row per token (a run per item and
-/// head); `cos` and `sin` hold one row per token. `transpose` applies the adjoint instead, for the
-/// gradient: dx1 = dy1 cos1 + dy2 sin2, dx2 = dy2 cos2 - dy1 sin1.
+/// Rotary embedding in place: x <- x cos + rotate_half(x) sin, with rotate_half(x) = [-x2, x1]
+/// for the halves x1, x2 of each head's row. `x` holds runs of one row per token (a run per item
+/// and head); `cos` and `sin` hold one row per token. `transpose` applies the adjoint instead, for
+/// the gradient: dx1 = dy1 cos1 + dy2 sin2, dx2 = dy2 cos2 - dy1 sin1.
 #[multiversion(targets("x86_64+avx+avx2+fma+avx512f", "x86_64+avx+avx2+fma"))]
-fn rope_runs(x: &[f32], table: RopeTable, y: &mut [f32], transpose: bool) {
+fn rope_runs(x: &mut [f32], table: RopeTable, transpose: bool) {
     let RopeTable { cos, sin, head_dim } = table;
     let half = head_dim / 2;
-    let runs = x.chunks_exact(cos.len()).zip(y.chunks_exact_mut(cos.len()));
-    for (x, y) in runs {
-        let rows = x.chunks_exact(head_dim).zip(y.chunks_exact_mut(head_dim));
-        for ((x, y), (cos, sin)) in
-            rows.zip(cos.chunks_exact(head_dim).zip(sin.chunks_exact(head_dim)))
-        {
-            let ((x1, x2), (y1, y2)) = (x.split_at(half), y.split_at_mut(half));
+    let sign = if transpose { -1.0 } else { 1.0 };
+    for run in x.chunks_exact_mut(cos.len()) {
+        let tables = cos.chunks_exact(head_dim).zip(sin.chunks_exact(head_dim));
+        for (row, (cos, sin)) in run.chunks_exact_mut(head_dim).zip(tables) {
+            let (x1, x2) = row.split_at_mut(half);
             let ((c1, c2), (s1, s2)) = (cos.split_at(half), sin.split_at(half));
-            let sign = if transpose { -1.0 } else { 1.0 };
             let (s_first, s_second) = if transpose { (s2, s1) } else { (s1, s2) };
             for i in 0..half {
-                y1[i] = x1[i] * c1[i] - sign * x2[i] * s_first[i];
-                y2[i] = x2[i] * c2[i] + sign * x1[i] * s_second[i];
+                let (a, b) = (x1[i], x2[i]);
+                x1[i] = a * c1[i] - sign * b * s_first[i];
+                x2[i] = b * c2[i] + sign * a * s_second[i];
             }
         }
     }
@@ -252,11 +274,8 @@ pub struct RopeTable<'a> {
     pub head_dim: usize,
 }
 
-pub fn rope(x: &[f32], table: RopeTable, transpose: bool) -> Vec<f32> {
-    let mut y = vec![0.0; x.len()];
+pub fn rope(x: &mut [f32], table: RopeTable, transpose: bool) {
     let chunk = rows_per_task(table.cos.len()) * table.cos.len();
-    y.par_chunks_mut(chunk)
-        .zip(x.par_chunks(chunk))
-        .for_each(|(y, x)| rope_runs(x, table, y, transpose));
-    y
+    x.par_chunks_mut(chunk)
+        .for_each(|x| rope_runs(x, table, transpose));
 }

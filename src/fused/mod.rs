@@ -124,6 +124,25 @@ fn flex_tensor(values: Vec<f32>, shape: burn::tensor::Shape) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
+/// `x` as a contiguous tensor whose buffer the kernels may overwrite: `x` itself when nothing else
+/// holds its buffer, else a copy.
+fn writable(x: FlexTensor) -> FlexTensor {
+    let whole_buffer = x
+        .as_slice::<f32>()
+        .is_some_and(|view| view.len() == x.storage::<f32>().len());
+    if x.is_unique() && whole_buffer {
+        x
+    } else {
+        flex_tensor(values(&x).into_owned(), x.layout().shape().clone())
+    }
+}
+
+/// The values of a tensor from [`writable`], to overwrite.
+fn values_mut(x: &mut FlexTensor) -> &mut [f32] {
+    x.try_storage_mut::<f32>()
+        .expect("writable() returns a tensor that owns its buffer")
+}
+
 fn last_dim(x: &FlexTensor) -> usize {
     let shape = x.layout().shape();
     shape[shape.num_dims() - 1]
@@ -139,23 +158,30 @@ fn rope_table<'a>(cos: &'a [f32], sin: &'a [f32], x: &FlexTensor) -> kernels::Ro
 
 impl FusedOps for Flex {
     fn gelu_tanh(x: FlexTensor) -> FlexTensor {
-        flex_tensor(kernels::gelu(&values(&x)), x.layout().shape().clone())
+        let mut y = writable(x);
+        kernels::gelu(values_mut(&mut y));
+        y
     }
 
     fn softmax_last(x: FlexTensor) -> FlexTensor {
-        let y = kernels::softmax(&values(&x), last_dim(&x));
-        flex_tensor(y, x.layout().shape().clone())
+        let row_len = last_dim(&x);
+        let mut y = writable(x);
+        kernels::softmax(values_mut(&mut y), row_len);
+        y
     }
 
     fn rms_norm(x: FlexTensor, weight: FlexTensor, eps: f64) -> FlexTensor {
-        let y = kernels::rms_norm(&values(&x), &values(&weight), eps as f32);
-        flex_tensor(y, x.layout().shape().clone())
+        let mut y = writable(x);
+        kernels::rms_norm(values_mut(&mut y), &values(&weight), eps as f32);
+        y
     }
 
     fn rope(x: FlexTensor, cos: FlexTensor, sin: FlexTensor) -> FlexTensor {
         let (cos, sin) = (values(&cos), values(&sin));
-        let y = kernels::rope(&values(&x), rope_table(&cos, &sin, &x), false);
-        flex_tensor(y, x.layout().shape().clone())
+        let mut y = writable(x);
+        let table = rope_table(&cos, &sin, &y);
+        kernels::rope(values_mut(&mut y), table, false);
+        y
     }
 }
 
@@ -170,8 +196,9 @@ impl Backward<Flex, 1> for GeluBackward {
         let x = ops.state;
         let dy = grads.consume::<Flex>(&ops.node);
         if let [Some(parent)] = ops.parents {
-            let dx = kernels::gelu_backward(&values(&x), &values(&dy));
-            grads.register::<Flex>(parent.id, flex_tensor(dx, x.layout().shape().clone()));
+            let mut dx = writable(dy);
+            kernels::gelu_backward(&values(&x), values_mut(&mut dx));
+            grads.register::<Flex>(parent.id, dx);
         }
     }
 }
@@ -187,8 +214,9 @@ impl Backward<Flex, 1> for SoftmaxBackward {
         let y = ops.state;
         let dy = grads.consume::<Flex>(&ops.node);
         if let [Some(parent)] = ops.parents {
-            let dx = kernels::softmax_backward(&values(&y), &values(&dy), last_dim(&y));
-            grads.register::<Flex>(parent.id, flex_tensor(dx, y.layout().shape().clone()));
+            let mut dx = writable(dy);
+            kernels::softmax_backward(&values(&y), values_mut(&mut dx), last_dim(&y));
+            grads.register::<Flex>(parent.id, dx);
         }
     }
 }
@@ -203,11 +231,16 @@ impl Backward<Flex, 2> for RmsNormBackward {
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (x, weight, eps) = ops.state;
         let dy = grads.consume::<Flex>(&ops.node);
-        let (dx, d_weight) =
-            kernels::rms_norm_backward(&values(&x), &values(&weight), eps as f32, &values(&dy));
+        let mut dx = writable(dy);
+        let d_weight = kernels::rms_norm_backward(
+            &values(&x),
+            &values(&weight),
+            eps as f32,
+            values_mut(&mut dx),
+        );
         let [x_parent, weight_parent] = ops.parents;
         if let Some(parent) = x_parent {
-            grads.register::<Flex>(parent.id, flex_tensor(dx, x.layout().shape().clone()));
+            grads.register::<Flex>(parent.id, dx);
         }
         if let Some(parent) = weight_parent {
             let shape = weight.layout().shape().clone();
@@ -228,8 +261,10 @@ impl Backward<Flex, 1> for RopeBackward {
         let dy = grads.consume::<Flex>(&ops.node);
         if let [Some(parent)] = ops.parents {
             let (cos, sin) = (values(&cos), values(&sin));
-            let dx = kernels::rope(&values(&dy), rope_table(&cos, &sin, &dy), true);
-            grads.register::<Flex>(parent.id, flex_tensor(dx, dy.layout().shape().clone()));
+            let mut dx = writable(dy);
+            let table = rope_table(&cos, &sin, &dx);
+            kernels::rope(values_mut(&mut dx), table, true);
+            grads.register::<Flex>(parent.id, dx);
         }
     }
 }
