@@ -116,22 +116,38 @@ pub trait FusedOps: burn::backend::Backend {
 fn values(x: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
     match x.as_slice::<f32>() {
         Some(slice) => std::borrow::Cow::Borrowed(slice),
-        None => std::borrow::Cow::Owned(x.to_contiguous().as_slice::<f32>().unwrap().to_vec()),
+        None => std::borrow::Cow::Owned(owned_values(x.to_contiguous())),
     }
+}
+
+fn owned_values(x: FlexTensor) -> Vec<f32> {
+    x.into_data()
+        .into_vec::<f32>()
+        .expect("the fused ops only run on f32 tensors")
 }
 
 fn flex_tensor(values: Vec<f32>, shape: burn::tensor::Shape) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
-/// `x` as a contiguous tensor whose buffer the kernels may overwrite: `x` itself when nothing else
-/// holds its buffer, else a copy.
-fn writable(x: FlexTensor) -> FlexTensor {
+/// Whether the kernels may overwrite `x`'s buffer: no one else holds it, and `x` is all of it,
+/// in row-major order.
+fn is_writable(x: &FlexTensor) -> bool {
     let whole_buffer = x
         .as_slice::<f32>()
         .is_some_and(|view| view.len() == x.storage::<f32>().len());
-    if x.is_unique() && whole_buffer {
-        x
+    x.is_unique() && whole_buffer
+}
+
+/// `x` as a contiguous tensor whose buffer the kernels may overwrite: `x` itself when that is
+/// allowed, else one copy (a strided view is copied once, into row-major order).
+fn writable(x: FlexTensor) -> FlexTensor {
+    if is_writable(&x) {
+        return x;
+    }
+    let copy = x.to_contiguous();
+    if is_writable(&copy) {
+        copy
     } else {
         flex_tensor(values(&x).into_owned(), x.layout().shape().clone())
     }
