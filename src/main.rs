@@ -125,8 +125,8 @@ struct SampleArgs {
     classes: Option<Vec<i64>>,
     #[arg(long, default_value_t = 8)]
     per_class: usize,
-    /// Classifier-free guidance scale (1 = none).
-    #[arg(long, default_value_t = 1.5)]
+    /// Classifier-free guidance scale (1 = none; the paper's FID figures use 1.5).
+    #[arg(long, default_value_t = acdit::diffusion::blockwise::DEFAULT_GUIDANCE)]
     cfg: f64,
     /// Denoising steps per block.
     #[arg(long, default_value_t = 25)]

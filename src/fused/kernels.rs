@@ -21,7 +21,7 @@ fn rows_per_task(row_len: usize) -> usize {
 /// Range reduction x = k ln2 + r with |r| <= ln2/2, then Cephes' degree-6 polynomial for e^r,
 /// then 2^k put into the exponent bits. Branch-free, so it vectorizes.
 #[inline(always)]
-pub fn exp(x: f32) -> f32 {
+fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
@@ -278,4 +278,22 @@ pub fn rope(x: &mut [f32], table: RopeTable, transpose: bool) {
     let chunk = rows_per_task(table.cos.len()) * table.cos.len();
     x.par_chunks_mut(chunk)
         .for_each(|x| rope_runs(x, table, transpose));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_accurate_over_the_whole_range() {
+        for i in -1000..=1000 {
+            let x = i as f32 * 0.087;
+            let expected = (x as f64).exp();
+            let relative = ((exp(x) as f64 - expected) / expected).abs();
+            assert!(relative < 3e-7, "exp({x}): {} vs {expected}", exp(x));
+        }
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(-100.0), 0.0);
+        assert!(exp(-87.5) < 1e-37);
+    }
 }

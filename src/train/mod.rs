@@ -60,7 +60,7 @@ impl TrainConfig {
         Self {
             model: ModelConfig::image(1, 32, 4, 4, 128, 4, 10),
             batch_size: 32,
-            steps: 2500,
+            steps: 4800,
             lr: 2e-3,
             lr_schedule: LrSchedule::Wsd,
             warmup_steps: 100,

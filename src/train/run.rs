@@ -15,7 +15,7 @@ use super::Trainer;
 use crate::checkpoint::tensors::write_safetensors_atomic;
 use crate::data::ImageDataset;
 use crate::diffusion::SamplerKind;
-use crate::diffusion::blockwise::{Generation, Quiet};
+use crate::diffusion::blockwise::{DEFAULT_GUIDANCE, Generation, Quiet};
 use crate::output::{GridLayout, ImageBatch, plot_loss_curve, write_labeled_grid};
 use crate::sampling::sample_images;
 
@@ -171,7 +171,7 @@ fn write_sample_grid(trainer: &Trainer, dataset: &ImageDataset, path: &Path) -> 
     let generation = Generation {
         sampler: SamplerKind::DpmSolver2M,
         steps: 25,
-        cfg: 1.5,
+        cfg: DEFAULT_GUIDANCE,
         kv_cache: true,
     };
     let pixels = sample_images(model, &labels, &generation, 0, labels.len(), &mut Quiet);
