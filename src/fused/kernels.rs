@@ -216,6 +216,12 @@ fn rms_norm_backward_rows(
     }
 }
 pub fn rms_norm(x: &mut [f32], weight: &[f32], eps: f32) {
+    assert!(
+        x.len().is_multiple_of(weight.len()),
+        "rms_norm: {} values do not fit rows of {}",
+        x.len(),
+        weight.len()
+    );
     let chunk = rows_per_task(weight.len()) * weight.len();
     x.par_chunks_mut(chunk)
         .for_each(|x| rms_norm_rows(x, weight, eps));
@@ -275,6 +281,13 @@ pub struct RopeTable<'a> {
 }
 
 pub fn rope(x: &mut [f32], table: RopeTable, transpose: bool) {
+    assert!(
+        table.cos.len() == table.sin.len() && x.len().is_multiple_of(table.cos.len()),
+        "rope: {} values do not fit tables of {} and {}",
+        x.len(),
+        table.cos.len(),
+        table.sin.len()
+    );
     let chunk = rows_per_task(table.cos.len()) * table.cos.len();
     x.par_chunks_mut(chunk)
         .for_each(|x| rope_runs(x, table, transpose));

@@ -98,6 +98,8 @@ fn runs_fused<const D: usize>(x: &Tensor<D>) -> bool {
     on_flex && x.dtype() == DType::F32
 }
 
+/// The fused ops as a burn backend extension, for flex and for autodiff over flex; the public
+/// functions above route other devices to the composed ops before reaching it.
 #[backend_extension(Flex, Autodiff)]
 pub trait FusedOps: burn::backend::Backend {
     fn gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self>;
