@@ -185,6 +185,9 @@ pub fn run_job(model: &Acdit, job: &SampleJob) -> anyhow::Result<()> {
             folder.display()
         );
     }
+    if let Some(dir) = job.out_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let config = model.config();
     let labels: Vec<i64> = job
         .classes
@@ -238,7 +241,6 @@ pub fn run_job(model: &Acdit, job: &SampleJob) -> anyhow::Result<()> {
         job.grid.display()
     );
     if let Some(dir) = job.out_dir {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let label_names: Vec<&str> = labels
             .iter()
             .map(|&c| job.class_names[c as usize].as_str())
@@ -332,5 +334,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(message.contains("/nonexistent-acdit-folder"), "{message}");
+    }
+
+    #[test]
+    fn unwritable_image_folder_fails_before_the_grid_is_written() {
+        let model = Acdit::new(&tiny_config(2), &Device::flex());
+        let generation = Generation {
+            sampler: SamplerKind::DpmSolver2M,
+            steps: 2,
+            cfg: 1.0,
+            kv_cache: true,
+        };
+        let names: Vec<String> = (0..10).map(|c| c.to_string()).collect();
+        let folder = std::env::temp_dir().join(format!("acdit-sampling-{}", std::process::id()));
+        std::fs::create_dir_all(&folder).unwrap();
+        let grid = folder.join("grid.png");
+        // A file where the image folder should go: the folder cannot be created.
+        let blocker = folder.join("blocker");
+        std::fs::write(&blocker, b"").unwrap();
+        let out_dir = blocker.join("images");
+        let job = SampleJob {
+            out_dir: Some(&out_dir),
+            ..job(&generation, &names, &grid)
+        };
+        let message = format!("{:#}", run_job(&model, &job).unwrap_err());
+        assert!(message.contains("blocker"), "{message}");
+        assert!(!grid.exists(), "the grid was written before the failure");
+        std::fs::remove_dir_all(&folder).unwrap();
     }
 }
