@@ -1,8 +1,9 @@
 //! ACDiT: the Autoregressive blockwise Conditional Diffusion Transformer.
 //!
 //! The path of the data: `data` -> `train` -> `checkpoint` -> `sampling` (with `diffusion`) ->
-//! `output`. The network lives in `model` (its CPU hot spots in `fused`), the Skip-Causal Attention Mask in `mask`, the token
-//! layout in `layout`, and `conformance` checks everything against the reference's vectors.
+//! `output`. The network lives in `model` (its CPU hot spots in `fused`), the Skip-Causal
+//! Attention Mask in `mask`, the token layout in `layout`, and `conformance` checks everything
+//! against the reference's vectors.
 
 pub mod bench;
 pub mod checkpoint;

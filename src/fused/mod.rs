@@ -209,13 +209,9 @@ impl Backward<Flex, 1> for GeluBackward {
     type State = FlexTensor;
 
     fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let x = ops.state;
-        let dy = grads.consume::<Flex>(&ops.node);
-        if let [Some(parent)] = ops.parents {
-            let mut dx = writable(dy);
-            kernels::gelu_backward(&values(&x), values_mut(&mut dx));
-            grads.register::<Flex>(parent.id, dx);
-        }
+        one_input_backward(ops, grads, |x, dx| {
+            kernels::gelu_backward(&values(&x), values_mut(dx));
+        });
     }
 }
 
@@ -227,13 +223,9 @@ impl Backward<Flex, 1> for SoftmaxBackward {
     type State = FlexTensor;
 
     fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let y = ops.state;
-        let dy = grads.consume::<Flex>(&ops.node);
-        if let [Some(parent)] = ops.parents {
-            let mut dx = writable(dy);
-            kernels::softmax_backward(&values(&y), values_mut(&mut dx), last_dim(&y));
-            grads.register::<Flex>(parent.id, dx);
-        }
+        one_input_backward(ops, grads, |y, dx| {
+            kernels::softmax_backward(&values(&y), values_mut(dx), last_dim(&y));
+        });
     }
 }
 
@@ -273,15 +265,31 @@ impl Backward<Flex, 1> for RopeBackward {
     type State = (FlexTensor, FlexTensor);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (cos, sin) = ops.state;
-        let dy = grads.consume::<Flex>(&ops.node);
-        if let [Some(parent)] = ops.parents {
+        one_input_backward(ops, grads, |(cos, sin), dx| {
             let (cos, sin) = (values(&cos), values(&sin));
-            let mut dx = writable(dy);
-            let table = rope_table(&cos, &sin, &dx);
-            kernels::rope(values_mut(&mut dx), table, true);
-            grads.register::<Flex>(parent.id, dx);
-        }
+            let table = rope_table(&cos, &sin, dx);
+            kernels::rope(values_mut(dx), table, true);
+        });
+    }
+}
+
+/// The backward step of a one-input op: `kernel` turns the output's gradient into the input's,
+/// given the state the op kept, in place when the buffer is free; the input then receives it.
+fn one_input_backward<S>(
+    ops: Ops<S, 1>,
+    grads: &mut Gradients,
+    kernel: impl FnOnce(S, &mut FlexTensor),
+) {
+    let Ops {
+        parents: [parent],
+        node,
+        state,
+    } = ops;
+    let dy = grads.consume::<Flex>(&node);
+    if let Some(parent) = parent {
+        let mut dx = writable(dy);
+        kernel(state, &mut dx);
+        grads.register::<Flex>(parent.id, dx);
     }
 }
 
