@@ -286,6 +286,19 @@ mod tests {
     use crate::diffusion::SamplerKind;
     use crate::model::tests::tiny_config;
 
+    /// A tiny untrained model, a two-step sampler and ten class names, for the job tests.
+    fn tiny_job_parts() -> (Acdit, Generation, Vec<String>) {
+        let model = Acdit::new(&tiny_config(2), &Device::flex());
+        let generation = Generation {
+            sampler: SamplerKind::DpmSolver2M,
+            steps: 2,
+            cfg: 1.0,
+            kv_cache: true,
+        };
+        let names = (0..10).map(|c| c.to_string()).collect();
+        (model, generation, names)
+    }
+
     fn job<'a>(generation: &'a Generation, names: &'a [String], grid: &'a Path) -> SampleJob<'a> {
         SampleJob {
             classes: &[1, 2],
@@ -321,14 +334,7 @@ mod tests {
 
     #[test]
     fn unwritable_grid_fails_before_sampling_and_names_the_path() {
-        let model = Acdit::new(&tiny_config(2), &Device::flex());
-        let generation = Generation {
-            sampler: SamplerKind::DpmSolver2M,
-            steps: 2,
-            cfg: 1.0,
-            kv_cache: true,
-        };
-        let names: Vec<String> = (0..10).map(|c| c.to_string()).collect();
+        let (model, generation, names) = tiny_job_parts();
         let grid = Path::new("/nonexistent-acdit-folder/grid.png");
         let message = run_job(&model, &job(&generation, &names, grid))
             .unwrap_err()
@@ -338,14 +344,7 @@ mod tests {
 
     #[test]
     fn unwritable_image_folder_fails_before_the_grid_is_written() {
-        let model = Acdit::new(&tiny_config(2), &Device::flex());
-        let generation = Generation {
-            sampler: SamplerKind::DpmSolver2M,
-            steps: 2,
-            cfg: 1.0,
-            kv_cache: true,
-        };
-        let names: Vec<String> = (0..10).map(|c| c.to_string()).collect();
+        let (model, generation, names) = tiny_job_parts();
         let folder = std::env::temp_dir().join(format!("acdit-sampling-{}", std::process::id()));
         std::fs::create_dir_all(&folder).unwrap();
         let grid = folder.join("grid.png");
