@@ -1,4 +1,8 @@
 //! Multi-head self-attention with QK-RMSNorm, RoPE and an optional key/value cache.
+//!
+//! The clean and the noisy tokens come in as two streams. They meet only here, so the rest of
+//! the network never cuts one tensor into its clean and noisy parts (each cut costs a zero-filled
+//! full-size gradient in backward).
 
 use burn::nn::Linear;
 use burn::prelude::*;
@@ -20,12 +24,29 @@ pub struct Attention {
     num_heads: usize,
 }
 
-/// What one attention call does with the cache: which layer it is, and how many of the leading
-/// tokens are a clean block whose keys and values join the cache before attending.
+/// The cache one attention call reads and writes, and which layer it is. On a block's first
+/// step the clean stream is the finished block before it, whose keys and values join the cache.
 pub struct CacheUse<'a> {
     pub cache: &'a mut KvCache,
     pub layer: usize,
-    pub append: usize,
+}
+
+/// The clean and the noisy tokens of one call: (n, tokens, hidden) each; no clean tokens on
+/// most sampling steps.
+pub struct Streams<T> {
+    pub clean: Option<T>,
+    pub noisy: T,
+}
+
+/// The rotary tables of the two streams.
+pub type StreamRopes = Streams<RopeTable>;
+
+/// One stream's queries (None where no later layer reads the stream's output), keys and
+/// values, each (n, heads, tokens, head_dim).
+struct Heads {
+    q: Option<Tensor<4>>,
+    k: Tensor<4>,
+    v: Tensor<4>,
 }
 
 impl Attention {
@@ -40,53 +61,86 @@ impl Attention {
         }
     }
 
-    /// x: (n, tokens, hidden) -> (n, tokens, hidden). `rope` covers the `tokens` fed.
+    /// Attends over both streams. The clean stream's output is returned when `clean_read` is
+    /// set: after the last layer nothing reads it, so its queries are not even formed.
     pub fn forward(
         &self,
-        x: Tensor<3>,
-        rope: &RopeTable,
+        x: Streams<Tensor<3>>,
+        ropes: &StreamRopes,
         keys: &KeyPattern,
         cache: Option<CacheUse>,
-    ) -> Tensor<3> {
+        clean_read: bool,
+    ) -> Streams<Tensor<3>> {
+        let clean = x.clean.map(|x| {
+            let rope = ropes
+                .clean
+                .as_ref()
+                .expect("a rotary table for the clean tokens");
+            self.heads(x, rope, clean_read)
+        });
+        let noisy = self.heads(x.noisy, &ropes.noisy, true);
+        let out = match keys {
+            KeyPattern::SkipCausal {
+                block_len,
+                clean: bias,
+            } => {
+                let clean = clean.zip(bias.as_ref());
+                skip_causal_attend(clean, noisy, *block_len)
+            }
+            KeyPattern::All => {
+                assert!(
+                    clean.is_none(),
+                    "KeyPattern::All is for a noisy block alone"
+                );
+                let Heads { q, k, v } = noisy;
+                let (k, v) = match cache {
+                    Some(CacheUse { cache, layer }) => cache.keys_for_step(layer, None, (k, v)),
+                    None => (k, v),
+                };
+                Streams {
+                    clean: None,
+                    noisy: attend(q.expect("noisy queries"), k, v, None),
+                }
+            }
+            KeyPattern::Masked(bias) => masked_attend(clean, noisy, bias.clone(), cache),
+        };
+        Streams {
+            clean: out.clean.map(|out| self.merge_heads(out)),
+            noisy: self.merge_heads(out.noisy),
+        }
+    }
+
+    /// x: (n, tokens, hidden) -> queries (if `with_q`), keys and values. Each comes from its own
+    /// third of the qkv weight, so no activation is cut into three.
+    fn heads(&self, x: Tensor<3>, rope: &RopeTable, with_q: bool) -> Heads {
         let [n, tokens, hidden] = x.dims();
         let head_dim = hidden / self.num_heads;
-        let qkv = linear_tokens(&self.qkv, x)
-            .reshape([n, tokens, 3, self.num_heads, head_dim])
-            .permute([2, 0, 3, 1, 4]);
+        let rows = x.reshape([n * tokens, hidden]);
         let part = |i: usize| {
-            qkv.clone()
-                .narrow(0, i, 1)
-                .reshape([n, self.num_heads, tokens, head_dim])
+            let weight = self.qkv.weight.val().narrow(1, i * hidden, hidden);
+            let bias = self
+                .qkv
+                .bias
+                .as_ref()
+                .map(|b| b.val().narrow(0, i * hidden, hidden));
+            burn::tensor::module::linear(rows.clone(), weight, bias)
+                .reshape([n, tokens, self.num_heads, head_dim])
+                .swap_dims(1, 2)
         };
-        let q = rope.apply(self.q_norm.forward(part(0)));
-        let mut k = rope.apply(self.k_norm.forward(part(1)));
-        let mut v = part(2);
-        if let Some(CacheUse {
-            cache,
-            layer,
-            append,
-        }) = cache
-        {
-            let finished = (append > 0).then(|| {
-                (
-                    k.clone().narrow(2, 0, append),
-                    v.clone().narrow(2, 0, append),
-                )
-            });
-            let current = (
-                k.narrow(2, append, tokens - append),
-                v.narrow(2, append, tokens - append),
-            );
-            (k, v) = cache.keys_for_step(layer, finished, current);
+        Heads {
+            q: with_q.then(|| rope.apply(self.q_norm.forward(part(0)))),
+            k: rope.apply(self.k_norm.forward(part(1))),
+            v: part(2),
         }
-        let out = match keys {
-            KeyPattern::All => attend(q, k, v, None),
-            KeyPattern::Masked(bias) => attend(q, k, v, Some(bias.clone())),
-            KeyPattern::SkipCausal { block_len, clean } => {
-                skip_causal_attend(q, k, v, *block_len, clean.as_ref())
-            }
-        };
-        linear_tokens(&self.proj, out.swap_dims(1, 2).reshape([n, tokens, hidden]))
+    }
+
+    /// (n, heads, tokens, head_dim) -> the output projection, (n, tokens, hidden).
+    fn merge_heads(&self, out: Tensor<4>) -> Tensor<3> {
+        let [n, heads, tokens, head_dim] = out.dims();
+        linear_tokens(
+            &self.proj,
+            out.swap_dims(1, 2).reshape([n, tokens, heads * head_dim]),
+        )
     }
 }
 
@@ -98,7 +152,7 @@ pub enum KeyPattern {
     /// Every query sees every key: a noisy block alone on a later cached step.
     All,
     /// An additive bias, 0 where a query may attend and -inf where not: (1, 1, queries, keys),
-    /// keys counting the cached tokens first.
+    /// the queries clean then noisy, the keys cached then clean then noisy.
     Masked(Tensor<4>),
     /// Training's Skip-Causal Attention Mask over [clean blocks | noisy blocks] (with the last
     /// clean block left out, see [`clean_causal_mask`]), computed in parts so that the pairs it
@@ -141,58 +195,94 @@ impl KeyPattern {
     }
 }
 
-/// Attention under [`KeyPattern::SkipCausal`]: q, k, v (n, h, clean + noisy, d) -> (n, h, clean +
-/// noisy, d). Each noisy block's scores against itself come from one batched product over the
-/// blocks; one softmax spans them and the block's scores against the clean keys.
+/// Attention under [`KeyPattern::SkipCausal`]. Each noisy block's scores against itself come
+/// from one batched product over the blocks; one softmax spans them and the block's scores
+/// against the clean keys.
 fn skip_causal_attend(
-    q: Tensor<4>,
-    k: Tensor<4>,
-    v: Tensor<4>,
+    clean: Option<(Heads, &SkipCausalBias)>,
+    noisy: Heads,
     block_len: usize,
-    clean: Option<&SkipCausalBias>,
-) -> Tensor<4> {
-    let [n, heads, tokens, d] = q.dims();
-    let clean_len = clean.map_or(0, |bias| bias.clean_to_clean.dims()[2]);
-    let noisy_len = tokens - clean_len;
+) -> Streams<Tensor<4>> {
+    let Heads { q, k, v } = noisy;
+    let q = q.expect("noisy queries");
+    let [n, heads, noisy_len, d] = q.dims();
     let blocks = noisy_len / block_len;
     let scale = 1.0 / (d as f64).sqrt();
     // (n, h, noisy, d) -> (n, h * blocks, block_len, d): one matrix per (head, block).
-    let per_block = |x: Tensor<4>| {
-        x.narrow(2, clean_len, noisy_len)
-            .reshape([n, heads * blocks, block_len, d])
-    };
-    let (q_noisy, k_noisy, v_noisy) = (
-        per_block(q.clone()),
-        per_block(k.clone()),
-        per_block(v.clone()),
-    );
-    let own_scores = (q_noisy.clone().matmul(k_noisy.swap_dims(2, 3)) * scale)
+    let per_block = |x: Tensor<4>| x.reshape([n, heads * blocks, block_len, d]);
+    let v_own = per_block(v);
+    let own_scores = (per_block(q.clone()).matmul(per_block(k).swap_dims(2, 3)) * scale)
         .reshape([n, heads, noisy_len, block_len]);
-    let Some(bias) = clean else {
+    let Some((clean, bias)) = clean else {
         let probs = softmax(own_scores).reshape([n, heads * blocks, block_len, block_len]);
-        return probs.matmul(v_noisy).reshape([n, heads, noisy_len, d]);
+        return Streams {
+            clean: None,
+            noisy: probs.matmul(v_own).reshape([n, heads, noisy_len, d]),
+        };
     };
-    let (k_clean, v_clean) = (k.narrow(2, 0, clean_len), v.narrow(2, 0, clean_len));
-    let q_noisy = q_noisy.reshape([n, heads, noisy_len, d]);
+    let clean_len = clean.k.dims()[2];
     let clean_scores =
-        q_noisy.matmul(k_clean.clone().swap_dims(2, 3)) * scale + bias.noisy_to_clean.clone();
+        q.matmul(clean.k.clone().swap_dims(2, 3)) * scale + bias.noisy_to_clean.clone();
     let probs = softmax(Tensor::cat(vec![clean_scores, own_scores], 3));
     let from_clean = probs
         .clone()
         .narrow(3, 0, clean_len)
-        .matmul(v_clean.clone());
+        .matmul(clean.v.clone());
     let from_own = probs
         .narrow(3, clean_len, block_len)
         .reshape([n, heads * blocks, block_len, block_len])
-        .matmul(v_noisy)
+        .matmul(v_own)
         .reshape([n, heads, noisy_len, d]);
-    let clean_out = attend(
-        q.narrow(2, 0, clean_len),
-        k_clean,
-        v_clean,
-        Some(bias.clean_to_clean.clone()),
-    );
-    Tensor::cat(vec![clean_out, from_clean + from_own], 2)
+    Streams {
+        clean: clean
+            .q
+            .map(|q| attend(q, clean.k, clean.v, Some(bias.clean_to_clean.clone()))),
+        noisy: from_clean + from_own,
+    }
+}
+
+/// Attention under [`KeyPattern::Masked`]: [clean | noisy] queries against [cached | clean |
+/// noisy] keys. The clean keys and values join the cache when one is given.
+fn masked_attend(
+    clean: Option<Heads>,
+    noisy: Heads,
+    bias: Tensor<4>,
+    cache: Option<CacheUse>,
+) -> Streams<Tensor<4>> {
+    let (clean_q, clean_kv) = match clean {
+        Some(Heads { q, k, v }) => (q, Some((k, v))),
+        None => (None, None),
+    };
+    let clean_len = clean_kv.as_ref().map_or(0, |(k, _)| k.dims()[2]);
+    let (k, v) = match (cache, clean_kv) {
+        (Some(CacheUse { cache, layer }), clean_kv) => {
+            cache.keys_for_step(layer, clean_kv, (noisy.k, noisy.v))
+        }
+        (None, Some((k, v))) => (
+            Tensor::cat(vec![k, noisy.k], 2),
+            Tensor::cat(vec![v, noisy.v], 2),
+        ),
+        (None, None) => (noisy.k, noisy.v),
+    };
+    let noisy_q = noisy.q.expect("noisy queries");
+    match clean_q {
+        Some(clean_q) => {
+            let out = attend(Tensor::cat(vec![clean_q, noisy_q], 2), k, v, Some(bias));
+            let queries = out.dims()[2];
+            Streams {
+                clean: Some(out.clone().narrow(2, 0, clean_len)),
+                noisy: out.narrow(2, clean_len, queries - clean_len),
+            }
+        }
+        None => {
+            let queries = bias.dims()[2];
+            let bias = bias.narrow(2, clean_len, queries - clean_len);
+            Streams {
+                clean: None,
+                noisy: attend(noisy_q, k, v, Some(bias)),
+            }
+        }
+    }
 }
 
 /// Scaled dot-product attention, scale 1/sqrt(head_dim).
@@ -237,7 +327,17 @@ mod tests {
             else {
                 unreachable!("skip_causal builds the SkipCausal pattern")
             };
-            let ours = skip_causal_attend(q, k, v, block_len, clean.as_ref());
+            let stream = |from: usize, len: usize| Heads {
+                q: Some(q.clone().narrow(2, from, len)),
+                k: k.clone().narrow(2, from, len),
+                v: v.clone().narrow(2, from, len),
+            };
+            let clean_heads = clean.as_ref().map(|bias| (stream(0, clean_len), bias));
+            let ours = skip_causal_attend(clean_heads, stream(clean_len, half), block_len);
+            let ours = match ours.clean {
+                Some(clean) => Tensor::cat(vec![clean, ours.noisy], 2),
+                None => ours.noisy,
+            };
             let error = (ours - expected).abs().max().into_scalar::<f32>();
             assert!(
                 error < 1e-5,

@@ -1,12 +1,12 @@
-//! The DiT block with adaLN-Zero, and the final layer. Clean tokens get no modulation.
+//! The DiT block with adaLN-Zero, and the final layer. Clean tokens get no modulation: they
+//! run as their own stream beside the noisy ones (see [`Streams`]).
 
 use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 
-use super::attention::{Attention, CacheUse, KeyPattern};
+use super::attention::{Attention, CacheUse, KeyPattern, StreamRopes, Streams};
 use super::norm::RmsNorm;
-use super::rope::RopeTable;
 use super::{linear, linear_tokens};
 use crate::fused::gelu_tanh;
 
@@ -30,13 +30,6 @@ impl Mlp {
     }
 }
 
-/// The tokens a block processes: `clean` leading tokens, then noisy tokens in `groups` equal
-/// groups (one per diffusion block), each group modulated by its own condition.
-pub struct Tokens {
-    pub x: Tensor<3>,
-    pub clean: usize,
-}
-
 #[derive(Module, Debug)]
 pub struct DitBlock {
     pub norm1: RmsNorm,
@@ -57,16 +50,19 @@ impl DitBlock {
         }
     }
 
-    /// x: (n, clean + noisy, hidden); cond_silu: SiLU of the conditions, (n, groups, hidden).
+    /// x: each stream (n, tokens, hidden), the noisy one in `groups` equal groups (one per
+    /// diffusion block), each modulated by its own condition; cond_silu: SiLU of the conditions,
+    /// (n, groups, hidden). The clean stream comes out only when `clean_read` (see
+    /// [`Attention::forward`]).
     pub fn forward(
         &self,
-        tokens: Tokens,
+        x: Streams<Tensor<3>>,
         cond_silu: Tensor<3>,
-        rope: &RopeTable,
+        ropes: &StreamRopes,
         keys: &KeyPattern,
         cache: Option<CacheUse>,
-    ) -> Tokens {
-        let Tokens { x, clean } = tokens;
+        clean_read: bool,
+    ) -> Streams<Tensor<3>> {
         let mut ada = self
             .ada_ln_modulation
             .forward(cond_silu)
@@ -76,12 +72,20 @@ impl DitBlock {
         let (shift_msa, scale_msa, gate_msa) = (next(), next(), next());
         let (shift_mlp, scale_mlp, gate_mlp) = (next(), next(), next());
 
-        let h = modulate_noisy(self.norm1.forward(x.clone()), clean, shift_msa, scale_msa);
-        let h = self.attn.forward(h, rope, keys, cache);
-        let x = x + gate_noisy(h, clean, gate_msa);
-        let h = modulate_noisy(self.norm2.forward(x.clone()), clean, shift_mlp, scale_mlp);
-        let x = x.clone() + gate_noisy(self.mlp.forward(h), clean, gate_mlp);
-        Tokens { x, clean }
+        let Streams { clean, noisy } = x;
+        let attn_in = Streams {
+            clean: clean.clone().map(|x| self.norm1.forward(x)),
+            noisy: modulate(self.norm1.forward(noisy.clone()), shift_msa, scale_msa),
+        };
+        let attn = self.attn.forward(attn_in, ropes, keys, cache, clean_read);
+        let noisy = noisy + gated(attn.noisy, gate_msa);
+        let h = modulate(self.norm2.forward(noisy.clone()), shift_mlp, scale_mlp);
+        let noisy = noisy.clone() + gated(self.mlp.forward(h), gate_mlp);
+        let clean = clean.zip(attn.clean).map(|(x, attn)| {
+            let x = x + attn;
+            x.clone() + self.mlp.forward(self.norm2.forward(x))
+        });
+        Streams { clean, noisy }
     }
 }
 
@@ -111,7 +115,7 @@ impl FinalLayer {
             .into_iter();
         let shift = ada.next().expect("shift");
         let scale = ada.next().expect("scale");
-        let h = modulate_noisy(self.norm_final.forward(noisy), 0, shift, scale);
+        let h = modulate(self.norm_final.forward(noisy), shift, scale);
         self.linear.forward(h)
     }
 }
@@ -123,44 +127,28 @@ fn zero_linear(d_in: usize, d_out: usize, device: &Device) -> Linear {
         .init(device)
 }
 
-/// Applies per-group values to x (n, tokens, hidden) viewed as (n, groups, group_len, hidden):
-/// the `clean` leading tokens form groups that get `identity`, and each of the `values.dims()[1]`
-/// noisy groups gets its own row of `values` (n, noisy groups, hidden).
-///
-/// Broadcasting over all tokens at once costs less than cutting the clean tokens out and
-/// concatenating them back, and is exact: the identity rows add zero or multiply by one.
+/// x (n, groups * group_len, hidden) viewed as (n, groups, group_len, hidden), combined with
+/// one row of `values` (n, groups, hidden) per group.
 fn per_group(
     x: Tensor<3>,
-    clean: usize,
     values: Tensor<3>,
-    identity: f32,
     apply: impl FnOnce(Tensor<4>, Tensor<4>) -> Tensor<4>,
 ) -> Tensor<3> {
     let [n, tokens, hidden] = x.dims();
-    let noisy_groups = values.dims()[1];
-    let group_len = (tokens - clean) / noisy_groups;
-    debug_assert_eq!(clean % group_len, 0, "clean tokens come in whole blocks");
-    let clean_groups = clean / group_len;
-    let values = if clean_groups == 0 {
-        values
-    } else {
-        let identity = Tensor::full([n, clean_groups, hidden], identity, &values.device());
-        Tensor::cat(vec![identity, values], 1)
-    };
-    let grouped = x.reshape([n, clean_groups + noisy_groups, group_len, hidden]);
+    let groups = values.dims()[1];
+    let grouped = x.reshape([n, groups, tokens / groups, hidden]);
     apply(grouped, values.unsqueeze_dim::<4>(2)).reshape([n, tokens, hidden])
 }
 
-/// x * (1 + scale) + shift on the noisy tokens, x on the clean ones; shift, scale: (n, groups,
-/// hidden).
-fn modulate_noisy(x: Tensor<3>, clean: usize, shift: Tensor<3>, scale: Tensor<3>) -> Tensor<3> {
-    let shifted = per_group(x, clean, scale, 0.0, |x, scale| x * (scale + 1.0));
-    per_group(shifted, clean, shift, 0.0, |x, shift| x + shift)
+/// x * (1 + scale) + shift per group; shift, scale: (n, groups, hidden).
+fn modulate(x: Tensor<3>, shift: Tensor<3>, scale: Tensor<3>) -> Tensor<3> {
+    let scaled = per_group(x, scale, |x, scale| x * (scale + 1.0));
+    per_group(scaled, shift, |x, shift| x + shift)
 }
 
-/// gate * x on the noisy tokens, x on the clean ones; gate: (n, groups, hidden).
-fn gate_noisy(x: Tensor<3>, clean: usize, gate: Tensor<3>) -> Tensor<3> {
-    per_group(x, clean, gate, 1.0, |x, gate| x * gate)
+/// gate * x per group; gate: (n, groups, hidden).
+fn gated(x: Tensor<3>, gate: Tensor<3>) -> Tensor<3> {
+    per_group(x, gate, |x, gate| x * gate)
 }
 
 /// SiLU of the conditions, shared by every adaLN in the network.

@@ -10,6 +10,8 @@ pub mod norm;
 pub mod rope;
 pub mod weights;
 
+use std::ops::Range;
+
 use burn::module::Param;
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
@@ -17,8 +19,8 @@ use burn::prelude::*;
 use crate::config::ModelConfig;
 use crate::layout::position_ids;
 use crate::mask::{additive_bias, cached_step_mask, prefix_mask};
-use attention::{CacheUse, KeyPattern};
-use block::{DitBlock, FinalLayer, Tokens, cond_silu};
+use attention::{CacheUse, KeyPattern, StreamRopes, Streams};
+use block::{DitBlock, FinalLayer, cond_silu};
 use cache::KvCache;
 use embed::{LabelEmbedder, TimestepEmbedder};
 use rope::Rope;
@@ -136,20 +138,13 @@ impl Acdit {
         let seq = blocks * block_len;
         let clean_len = seq - block_len;
         let cond = self.conditions(t, labels, blocks);
-        let noisy = self.x_embedder.forward(noisy);
-        let x = if clean_len == 0 {
-            noisy
-        } else {
-            let clean = self.x_embedder.forward(clean.narrow(1, 0, clean_len));
-            Tensor::cat(vec![clean, noisy], 1)
+        let x = Streams {
+            clean: (clean_len > 0).then(|| self.x_embedder.forward(clean.narrow(1, 0, clean_len))),
+            noisy: self.x_embedder.forward(noisy),
         };
-        let positions: Vec<Vec<usize>> = self
-            .positions
-            .iter()
-            .map(|axis| [&axis[..clean_len], axis.as_slice()].concat())
-            .collect();
+        let ropes = self.ropes((clean_len > 0).then_some(0..clean_len), 0..seq);
         let keys = KeyPattern::skip_causal(blocks, block_len, &self.device());
-        self.run(x, clean_len, cond, &positions, keys, None)
+        self.run(x, cond, &ropes, keys, None)
     }
 
     /// One cached sampling call for block `block`.
@@ -170,42 +165,25 @@ impl Acdit {
         let block_len = self.config.block_size;
         let cond = self.conditions(t, labels, 1);
         let noisy_positions = block * block_len..(block + 1) * block_len;
-        let (x, clean, token_range, keys) = match clean_prev {
-            Some(prev) => {
-                let x = Tensor::cat(
-                    vec![
-                        self.x_embedder.forward(prev),
-                        self.x_embedder.forward(noisy),
-                    ],
-                    1,
-                );
+        let keys = match clean_prev {
+            Some(_) => {
                 let mask = cached_step_mask(cache.len(), block_len);
-                let bias = additive_bias(
-                    &mask,
-                    2 * block_len,
-                    cache.len() + 2 * block_len,
-                    &self.device(),
-                );
-                (
-                    x,
-                    block_len,
-                    (block - 1) * block_len..noisy_positions.end,
-                    KeyPattern::Masked(bias),
-                )
+                let keys = cache.len() + 2 * block_len;
+                KeyPattern::Masked(additive_bias(&mask, 2 * block_len, keys, &self.device()))
             }
-            None => (
-                self.x_embedder.forward(noisy),
-                0,
-                noisy_positions,
-                KeyPattern::All,
-            ),
+            None => KeyPattern::All,
         };
-        let positions: Vec<Vec<usize>> = self
-            .positions
-            .iter()
-            .map(|axis| axis[token_range.clone()].to_vec())
-            .collect();
-        self.run(x, clean, cond, &positions, keys, Some(cache))
+        let ropes = self.ropes(
+            clean_prev
+                .is_some()
+                .then(|| (block - 1) * block_len..block * block_len),
+            noisy_positions,
+        );
+        let x = Streams {
+            clean: clean_prev.map(|prev| self.x_embedder.forward(prev)),
+            noisy: self.x_embedder.forward(noisy),
+        };
+        self.run(x, cond, &ropes, keys, Some(cache))
     }
 
     /// The cache-free reference of a sampling call: recomputes [clean blocks 0..block | noisy
@@ -224,21 +202,11 @@ impl Acdit {
         let block_len = self.config.block_size;
         let cond = self.conditions(t, labels, 1);
         let clean = block * block_len;
-        let x = match clean_prefix {
-            Some(prefix) => Tensor::cat(
-                vec![
-                    self.x_embedder.forward(prefix),
-                    self.x_embedder.forward(noisy),
-                ],
-                1,
-            ),
-            None => self.x_embedder.forward(noisy),
+        let x = Streams {
+            clean: clean_prefix.map(|prefix| self.x_embedder.forward(prefix)),
+            noisy: self.x_embedder.forward(noisy),
         };
-        let positions: Vec<Vec<usize>> = self
-            .positions
-            .iter()
-            .map(|axis| [&axis[..clean], &axis[clean..clean + block_len]].concat())
-            .collect();
+        let ropes = self.ropes((clean > 0).then_some(0..clean), clean..clean + block_len);
         let tokens = clean + block_len;
         let bias = additive_bias(
             &prefix_mask(block, block_len),
@@ -246,7 +214,7 @@ impl Acdit {
             tokens,
             &self.device(),
         );
-        self.run(x, clean, cond, &positions, KeyPattern::Masked(bias), None)
+        self.run(x, cond, &ropes, KeyPattern::Masked(bias), None)
     }
 
     /// Per-block conditions t_emb + y_emb: t (n * groups), labels (n) -> (n, groups, hidden).
@@ -261,30 +229,39 @@ impl Acdit {
         t_emb + self.y_embedder.forward(labels).unsqueeze_dim::<3>(1)
     }
 
-    /// Runs the blocks over x (n, clean + noisy, hidden) and the final layer over the noisy tokens.
+    /// The rotary tables of the clean and noisy tokens at these positions in the sequence.
+    fn ropes(&self, clean: Option<Range<usize>>, noisy: Range<usize>) -> StreamRopes {
+        let table = |tokens: Range<usize>| {
+            let positions: Vec<Vec<usize>> = self
+                .positions
+                .iter()
+                .map(|axis| axis[tokens.clone()].to_vec())
+                .collect();
+            self.rope.table(&positions, &self.device())
+        };
+        Streams {
+            clean: clean.map(table),
+            noisy: table(noisy),
+        }
+    }
+
+    /// Runs the blocks over both streams (n, tokens, hidden) and the final layer over the noisy
+    /// tokens.
     fn run(
         &self,
-        x: Tensor<3>,
-        clean: usize,
+        mut x: Streams<Tensor<3>>,
         cond: Tensor<3>,
-        positions: &[Vec<usize>],
+        ropes: &StreamRopes,
         keys: KeyPattern,
         mut cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
-        let rope = self.rope.table(positions, &self.device());
         let cond = cond_silu(cond);
-        let mut tokens = Tokens { x, clean };
+        let last = self.blocks.len() - 1;
         for (layer, block) in self.blocks.iter().enumerate() {
-            let cache_use = cache.as_deref_mut().map(|cache| CacheUse {
-                cache,
-                layer,
-                append: clean,
-            });
-            tokens = block.forward(tokens, cond.clone(), &rope, &keys, cache_use);
+            let cache_use = cache.as_deref_mut().map(|cache| CacheUse { cache, layer });
+            x = block.forward(x, cond.clone(), ropes, &keys, cache_use, layer < last);
         }
-        let [_, total, _] = tokens.x.dims();
-        let noisy = tokens.x.narrow(1, clean, total - clean);
-        self.final_layer.forward(noisy, cond)
+        self.final_layer.forward(x.noisy, cond)
     }
 }
 
