@@ -293,6 +293,151 @@ pub fn rope(x: &mut [f32], table: RopeTable, transpose: bool) {
         .for_each(|x| rope_runs(x, table, transpose));
 }
 
+/// One group's rows of `d` values each, and that group's per-channel values.
+fn group_rows(x: &[f32], d: usize, groups: usize) -> usize {
+    assert!(
+        groups > 0 && x.len().is_multiple_of(groups * d),
+        "{} values do not fit {groups} groups of rows of {d}",
+        x.len()
+    );
+    x.len() / groups
+}
+
+/// adaLN modulation in place: x <- x (1 + scale) + shift, each group of rows of `x` with its own
+/// row of `shift` and `scale` (groups x d).
+#[multiversion(targets("x86_64+avx+avx2+fma+avx512f", "x86_64+avx+avx2+fma"))]
+fn modulate_group(x: &mut [f32], shift: &[f32], scale: &[f32]) {
+    for row in x.chunks_exact_mut(shift.len()) {
+        for ((x, &shift), &scale) in row.iter_mut().zip(shift).zip(scale) {
+            *x = *x * (1.0 + scale) + shift;
+        }
+    }
+}
+
+pub fn modulate(x: &mut [f32], shift: &[f32], scale: &[f32], d: usize) {
+    let group_len = group_rows(x, d, shift.len() / d);
+    x.par_chunks_mut(group_len)
+        .zip(shift.par_chunks(d).zip(scale.par_chunks(d)))
+        .for_each(|(x, (shift, scale))| modulate_group(x, shift, scale));
+}
+
+/// One group's backward: grad (the output's) becomes the input's, grad (1 + scale); adds the
+/// group's sums of grad and of grad x to `d_shift` and `d_scale`.
+#[multiversion(targets("x86_64+avx+avx2+fma+avx512f", "x86_64+avx+avx2+fma"))]
+fn modulate_backward_group(
+    x: &[f32],
+    scale: &[f32],
+    grad: &mut [f32],
+    d_shift: &mut [f32],
+    d_scale: &mut [f32],
+) {
+    let d = scale.len();
+    for (grad, x) in grad.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+        let values = grad.iter_mut().zip(x).zip(scale);
+        for (((grad, &x), &scale), (ds, dc)) in
+            values.zip(d_shift.iter_mut().zip(d_scale.iter_mut()))
+        {
+            *ds += *grad;
+            *dc += *grad * x;
+            *grad *= 1.0 + scale;
+        }
+    }
+}
+
+/// Overwrites `grad` with x's gradient; returns those of shift and scale (groups x d).
+pub fn modulate_backward(
+    x: &[f32],
+    scale: &[f32],
+    grad: &mut [f32],
+    d: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let group_len = group_rows(x, d, scale.len() / d);
+    let mut d_shift = vec![0.0; scale.len()];
+    let mut d_scale = vec![0.0; scale.len()];
+    grad.par_chunks_mut(group_len)
+        .zip(x.par_chunks(group_len))
+        .zip(scale.par_chunks(d))
+        .zip(d_shift.par_chunks_mut(d).zip(d_scale.par_chunks_mut(d)))
+        .for_each(|(((grad, x), scale), (d_shift, d_scale))| {
+            modulate_backward_group(x, scale, grad, d_shift, d_scale)
+        });
+    (d_shift, d_scale)
+}
+
+/// The gated residual in place: residual <- residual + gate h, each group of rows with its own
+/// row of `gate` (groups x d).
+#[multiversion(targets("x86_64+avx+avx2+fma+avx512f", "x86_64+avx+avx2+fma"))]
+fn gated_residual_group(residual: &mut [f32], h: &[f32], gate: &[f32]) {
+    let d = gate.len();
+    for (residual, h) in residual.chunks_exact_mut(d).zip(h.chunks_exact(d)) {
+        for ((r, &h), &gate) in residual.iter_mut().zip(h).zip(gate) {
+            *r += gate * h;
+        }
+    }
+}
+
+pub fn gated_residual(residual: &mut [f32], h: &[f32], gate: &[f32], d: usize) {
+    let group_len = group_rows(residual, d, gate.len() / d);
+    assert_eq!(
+        residual.len(),
+        h.len(),
+        "gated_residual: residual and h differ in size"
+    );
+    residual
+        .par_chunks_mut(group_len)
+        .zip(h.par_chunks(group_len).zip(gate.par_chunks(d)))
+        .for_each(|(residual, (h, gate))| gated_residual_group(residual, h, gate));
+}
+
+/// One group's backward: writes h's gradient, grad gate, into `d_h`; adds the group's sum of
+/// grad h to `d_gate`.
+#[multiversion(targets("x86_64+avx+avx2+fma+avx512f", "x86_64+avx+avx2+fma"))]
+fn gated_residual_backward_group(
+    h: &[f32],
+    gate: &[f32],
+    grad: &[f32],
+    d_h: &mut [f32],
+    d_gate: &mut [f32],
+) {
+    let d = gate.len();
+    let rows = d_h
+        .chunks_exact_mut(d)
+        .zip(h.chunks_exact(d))
+        .zip(grad.chunks_exact(d));
+    for ((d_h, h), grad) in rows {
+        let values = d_h
+            .iter_mut()
+            .zip(h)
+            .zip(grad)
+            .zip(gate)
+            .zip(d_gate.iter_mut());
+        for ((((d_h, &h), &grad), &gate), d_gate) in values {
+            *d_h = grad * gate;
+            *d_gate += grad * h;
+        }
+    }
+}
+
+/// The gradients of h and of gate from the output's (the residual's is the output's itself).
+pub fn gated_residual_backward(
+    h: &[f32],
+    gate: &[f32],
+    grad: &[f32],
+    d: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let group_len = group_rows(h, d, gate.len() / d);
+    let mut d_h = vec![0.0; h.len()];
+    let mut d_gate = vec![0.0; gate.len()];
+    d_h.par_chunks_mut(group_len)
+        .zip(d_gate.par_chunks_mut(d))
+        .zip(h.par_chunks(group_len).zip(grad.par_chunks(group_len)))
+        .zip(gate.par_chunks(d))
+        .for_each(|(((d_h, d_gate), (h, grad)), gate)| {
+            gated_residual_backward_group(h, gate, grad, d_h, d_gate)
+        });
+    (d_h, d_gate)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

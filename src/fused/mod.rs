@@ -1,5 +1,5 @@
-//! Fused ops for the CPU backend: tanh-GELU, softmax, RMSNorm and RoPE, each one pass forward and
-//! one pass backward.
+//! Fused ops for the CPU backend: tanh-GELU, softmax, RMSNorm, RoPE and adaLN's modulation and
+//! gated residual, each one pass forward and one pass backward.
 //!
 //! Composed from burn's primitives, each of these is a chain of element-wise ops (RMSNorm is
 //! seven, and autodiff records a backward step for each), and burn-flex runs them one by one on
@@ -59,6 +59,32 @@ pub fn rope(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
     composed::rope(x, cos, sin)
 }
 
+/// adaLN modulation per group: x * (1 + scale) + shift. x: (n, groups * group_len, d); shift,
+/// scale: (n, groups, d), one row for each group of `group_len` tokens.
+pub fn modulate(x: Tensor<3>, shift: Tensor<3>, scale: Tensor<3>) -> Tensor<3> {
+    if runs_fused(&x) {
+        return Tensor::from_dispatch(<Dispatch as FusedOps>::modulate(
+            x.into_dispatch(),
+            shift.into_dispatch(),
+            scale.into_dispatch(),
+        ));
+    }
+    composed::modulate(x, shift, scale)
+}
+
+/// adaLN-Zero's gated residual per group: residual + gate * h. residual, h: (n, groups *
+/// group_len, d); gate: (n, groups, d).
+pub fn gated_residual(residual: Tensor<3>, h: Tensor<3>, gate: Tensor<3>) -> Tensor<3> {
+    if runs_fused(&residual) {
+        return Tensor::from_dispatch(<Dispatch as FusedOps>::gated_residual(
+            residual.into_dispatch(),
+            h.into_dispatch(),
+            gate.into_dispatch(),
+        ));
+    }
+    composed::gated_residual(residual, h, gate)
+}
+
 /// The same functions composed from burn's primitives: the path on other devices, and the
 /// obvious reference the kernels are tested against.
 mod composed {
@@ -76,6 +102,28 @@ mod composed {
         let mean_square = x.clone().square().mean_dim(D - 1);
         let inv_rms = (mean_square + eps).sqrt().recip();
         x * inv_rms * weight.unsqueeze()
+    }
+
+    /// x (n, groups * group_len, d) viewed as (n, groups, group_len, d), combined with one row
+    /// of `values` (n, groups, d) per group.
+    fn per_group(
+        x: Tensor<3>,
+        values: Tensor<3>,
+        apply: impl FnOnce(Tensor<4>, Tensor<4>) -> Tensor<4>,
+    ) -> Tensor<3> {
+        let [n, tokens, d] = x.dims();
+        let groups = values.dims()[1];
+        let grouped = x.reshape([n, groups, tokens / groups, d]);
+        apply(grouped, values.unsqueeze_dim::<4>(2)).reshape([n, tokens, d])
+    }
+
+    pub fn modulate(x: Tensor<3>, shift: Tensor<3>, scale: Tensor<3>) -> Tensor<3> {
+        let scaled = per_group(x, scale, |x, scale| x * (scale + 1.0));
+        per_group(scaled, shift, |x, shift| x + shift)
+    }
+
+    pub fn gated_residual(residual: Tensor<3>, h: Tensor<3>, gate: Tensor<3>) -> Tensor<3> {
+        residual + per_group(h, gate, |h, gate| h * gate)
     }
 
     pub fn rope(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
@@ -109,6 +157,16 @@ pub trait FusedOps: burn::backend::Backend {
         x: FloatTensor<Self>,
         cos: FloatTensor<Self>,
         sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+    fn modulate(
+        x: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+    fn gated_residual(
+        residual: FloatTensor<Self>,
+        h: FloatTensor<Self>,
+        gate: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
 }
 
@@ -199,6 +257,20 @@ impl FusedOps for Flex {
         kernels::rope(values_mut(&mut y), table, false);
         y
     }
+
+    fn modulate(x: FlexTensor, shift: FlexTensor, scale: FlexTensor) -> FlexTensor {
+        let d = last_dim(&x);
+        let mut y = writable(x);
+        kernels::modulate(values_mut(&mut y), &values(&shift), &values(&scale), d);
+        y
+    }
+
+    fn gated_residual(residual: FlexTensor, h: FlexTensor, gate: FlexTensor) -> FlexTensor {
+        let d = last_dim(&h);
+        let mut y = writable(residual);
+        kernels::gated_residual(values_mut(&mut y), &values(&h), &values(&gate), d);
+        y
+    }
 }
 
 /// The input of GELU, kept for its gradient.
@@ -270,6 +342,72 @@ impl Backward<Flex, 1> for RopeBackward {
             let table = rope_table(&cos, &sin, dx);
             kernels::rope(values_mut(dx), table, true);
         });
+    }
+}
+
+/// Modulation's input and scale, kept for the gradients of input, shift and scale.
+#[derive(Debug)]
+struct ModulateBackward;
+
+impl Backward<Flex, 3> for ModulateBackward {
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (x, scale) = ops.state;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let mut dx = writable(dy);
+        let (d_shift, d_scale) = kernels::modulate_backward(
+            &values(&x),
+            &values(&scale),
+            values_mut(&mut dx),
+            last_dim(&x),
+        );
+        let shape = scale.layout().shape().clone();
+        let [x_parent, shift_parent, scale_parent] = ops.parents;
+        if let Some(parent) = x_parent {
+            grads.register::<Flex>(parent.id, dx);
+        }
+        if let Some(parent) = shift_parent {
+            grads.register::<Flex>(parent.id, flex_tensor(d_shift, shape.clone()));
+        }
+        if let Some(parent) = scale_parent {
+            grads.register::<Flex>(parent.id, flex_tensor(d_scale, shape));
+        }
+    }
+}
+
+/// The gated branch h and the gate, kept for the gradients of both; the residual's gradient is
+/// the output's.
+#[derive(Debug)]
+struct GatedResidualBackward;
+
+impl Backward<Flex, 3> for GatedResidualBackward {
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (h, gate) = ops.state;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let [residual_parent, h_parent, gate_parent] = ops.parents;
+        if h_parent.is_some() || gate_parent.is_some() {
+            let (d_h, d_gate) = kernels::gated_residual_backward(
+                &values(&h),
+                &values(&gate),
+                &values(&dy),
+                last_dim(&h),
+            );
+            if let Some(parent) = h_parent {
+                grads.register::<Flex>(parent.id, flex_tensor(d_h, h.layout().shape().clone()));
+            }
+            if let Some(parent) = gate_parent {
+                grads.register::<Flex>(
+                    parent.id,
+                    flex_tensor(d_gate, gate.layout().shape().clone()),
+                );
+            }
+        }
+        if let Some(parent) = residual_parent {
+            grads.register::<Flex>(parent.id, dy);
+        }
     }
 }
 
@@ -354,6 +492,54 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
                 prep.finish((cos, sin), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(Flex::rope(x.into_primitive(), cos, sin)),
+        }
+    }
+
+    fn modulate(
+        x: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let nodes = [x.node(), shift.node(), scale.node()];
+        let (x, shift, scale) = (
+            x.into_primitive(),
+            shift.into_primitive(),
+            scale.into_primitive(),
+        );
+        match ModulateBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = Flex::modulate(x.clone(), shift, scale.clone());
+                prep.finish((x, scale), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::modulate(x, shift, scale)),
+        }
+    }
+
+    fn gated_residual(
+        residual: FloatTensor<Self>,
+        h: FloatTensor<Self>,
+        gate: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let nodes = [residual.node(), h.node(), gate.node()];
+        let (residual, h, gate) = (
+            residual.into_primitive(),
+            h.into_primitive(),
+            gate.into_primitive(),
+        );
+        match GatedResidualBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = Flex::gated_residual(residual, h.clone(), gate.clone());
+                prep.finish((h, gate), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::gated_residual(residual, h, gate)),
         }
     }
 }
@@ -462,6 +648,41 @@ mod tests {
             [x, weight],
             |[x, w]| rms_norm(x.clone(), w.clone().reshape([24]), 1e-6),
             |[x, w]| composed::rms_norm(x.clone(), w.clone().reshape([24]), 1e-6),
+        );
+    }
+
+    #[test]
+    fn fused_modulation_matches_its_composition_on_chunked_rows() {
+        let device = Device::flex();
+        let x = random([3, 4 * 7, 20], &device);
+        // Shift and scale as adaLN makes them: chunks of one product, so strided views.
+        let ada = random([3, 4, 2 * 20], &device);
+        assert_same_function(
+            [x, ada],
+            |[x, ada]| {
+                let [shift, scale] = [0, 1].map(|i| ada.clone().narrow(2, i * 20, 20));
+                modulate(x.clone(), shift, scale)
+            },
+            |[x, ada]| {
+                let [shift, scale] = [0, 1].map(|i| ada.clone().narrow(2, i * 20, 20));
+                composed::modulate(x.clone(), shift, scale)
+            },
+        );
+    }
+
+    #[test]
+    fn fused_gated_residual_matches_its_composition() {
+        let device = Device::flex();
+        let (residual, h) = (
+            random([2, 3 * 5, 24], &device),
+            random([2, 3 * 5, 24], &device),
+        );
+        let gate = random([2, 3, 24], &device);
+        let pad = |g: &Tensor<3>| Tensor::cat(vec![g.clone(), g.zeros_like()], 1);
+        assert_same_function(
+            [residual, h, pad(&gate)],
+            |[r, h, g]| gated_residual(r.clone(), h.clone(), g.clone().narrow(1, 0, 3)),
+            |[r, h, g]| composed::gated_residual(r.clone(), h.clone(), g.clone().narrow(1, 0, 3)),
         );
     }
 

@@ -8,7 +8,7 @@ use burn::tensor::activation::silu;
 use super::attention::{Attention, CacheUse, KeyPattern, StreamRopes, Streams};
 use super::norm::RmsNorm;
 use super::{linear, linear_tokens};
-use crate::fused::gelu_tanh;
+use crate::fused::{gated_residual, gelu_tanh, modulate};
 
 /// Tanh-GELU MLP, hidden -> ratio * hidden -> hidden.
 #[derive(Module, Debug)]
@@ -78,9 +78,9 @@ impl DitBlock {
             noisy: modulate(self.norm1.forward(noisy.clone()), shift_msa, scale_msa),
         };
         let attn = self.attn.forward(attn_in, ropes, keys, cache, clean_read);
-        let noisy = noisy + gated(attn.noisy, gate_msa);
+        let noisy = gated_residual(noisy, attn.noisy, gate_msa);
         let h = modulate(self.norm2.forward(noisy.clone()), shift_mlp, scale_mlp);
-        let noisy = noisy.clone() + gated(self.mlp.forward(h), gate_mlp);
+        let noisy = gated_residual(noisy, self.mlp.forward(h), gate_mlp);
         let clean = clean.zip(attn.clean).map(|(x, attn)| {
             let x = x + attn;
             x.clone() + self.mlp.forward(self.norm2.forward(x))
@@ -125,30 +125,6 @@ fn zero_linear(d_in: usize, d_out: usize, device: &Device) -> Linear {
     burn::nn::LinearConfig::new(d_in, d_out)
         .with_initializer(burn::nn::Initializer::Zeros)
         .init(device)
-}
-
-/// x (n, groups * group_len, hidden) viewed as (n, groups, group_len, hidden), combined with
-/// one row of `values` (n, groups, hidden) per group.
-fn per_group(
-    x: Tensor<3>,
-    values: Tensor<3>,
-    apply: impl FnOnce(Tensor<4>, Tensor<4>) -> Tensor<4>,
-) -> Tensor<3> {
-    let [n, tokens, hidden] = x.dims();
-    let groups = values.dims()[1];
-    let grouped = x.reshape([n, groups, tokens / groups, hidden]);
-    apply(grouped, values.unsqueeze_dim::<4>(2)).reshape([n, tokens, hidden])
-}
-
-/// x * (1 + scale) + shift per group; shift, scale: (n, groups, hidden).
-fn modulate(x: Tensor<3>, shift: Tensor<3>, scale: Tensor<3>) -> Tensor<3> {
-    let scaled = per_group(x, scale, |x, scale| x * (scale + 1.0));
-    per_group(scaled, shift, |x, shift| x + shift)
-}
-
-/// gate * x per group; gate: (n, groups, hidden).
-fn gated(x: Tensor<3>, gate: Tensor<3>) -> Tensor<3> {
-    per_group(x, gate, |x, gate| x * gate)
 }
 
 /// SiLU of the conditions, shared by every adaLN in the network.
