@@ -67,7 +67,7 @@ fn random_dataset(n: usize) -> ImageDataset {
 /// Training tokens/s at batch 16, counting the clean + noisy tokens of the reference's step
 /// (2 x seq_len per image; ours leaves out the last clean block, which cannot change the loss).
 pub fn bench_train(device: &Device, steps: u64) -> Result<f64> {
-    let mut config = TrainConfig::small_images();
+    let mut config = TrainConfig::mnist();
     config.model = ModelConfig::bench_mnist();
     config.batch_size = 16;
     config.steps = steps + 2;

@@ -279,7 +279,10 @@ fn train(args: TrainArgs) -> Result<()> {
         None => {
             let mut config = match &args.config {
                 Some(path) => TrainConfig::from_file(path)?,
-                None => TrainConfig::small_images(),
+                None => match preset {
+                    DatasetName::Mnist => TrainConfig::mnist(),
+                    DatasetName::FashionMnist => TrainConfig::fashion_mnist(),
+                },
             };
             apply_overrides(&mut config, &args);
             config
@@ -288,8 +291,15 @@ fn train(args: TrainArgs) -> Result<()> {
     config.validate()?;
     let mut dataset = load_training_data(args.data.as_deref(), preset, &config)?;
     dataset.validate()?;
-    if dataset.height < config.model.img_hw && dataset.width < config.model.img_hw {
-        dataset = dataset.padded(config.model.img_hw)?;
+    let size = config.model.img_hw;
+    if dataset.channels == config.model.in_channels
+        && (dataset.height, dataset.width) != (size, size)
+    {
+        eprintln!(
+            "{}x{} images centred in {size}x{size} for the model",
+            dataset.height, dataset.width
+        );
+        dataset = dataset.centred(size);
     }
     check_dataset_fits(&config, &dataset)?;
     let mut trainer = match resumed {

@@ -85,32 +85,37 @@ impl ImageDataset {
         Ok(())
     }
 
-    /// The same images centred on a `size x size` canvas of background (-1), e.g. 28x28 digits
-    /// on 32x32 so that 4x4 patches tile them into 8x8 tokens.
-    pub fn padded(&self, size: usize) -> Result<ImageDataset, DataError> {
-        if size < self.height || size < self.width {
-            return Err(DataError::Invalid(format!(
-                "cannot pad {}x{} images to the smaller {size}x{size}",
-                self.height, self.width
-            )));
-        }
-        let (top, left) = ((size - self.height) / 2, (size - self.width) / 2);
+    /// The same images centred in a `size x size` frame: padded with background (-1) where they
+    /// are smaller (28x28 Fashion-MNIST on 32x32, so that 4x4 patches tile it into 8x8 tokens),
+    /// cropped where they are larger (MNIST's digits fill only its central 20x20, so 24x24 keeps
+    /// them whole at 6x6 tokens).
+    pub fn centred(&self, size: usize) -> ImageDataset {
+        // Per axis: (offset into the source, offset into the frame, length copied).
+        let fit = |len: usize| {
+            if len >= size {
+                ((len - size) / 2, 0, size)
+            } else {
+                (0, (size - len) / 2, len)
+            }
+        };
+        let ((src_y, dst_y, rows), (src_x, dst_x, cols)) = (fit(self.height), fit(self.width));
         let mut images = vec![-1.0; self.n * self.channels * size * size];
-        for (plane, source) in self.images.chunks(self.height * self.width).enumerate() {
-            let canvas = &mut images[plane * size * size..(plane + 1) * size * size];
-            for (y, row) in source.chunks(self.width).enumerate() {
-                let start = (top + y) * size + left;
-                canvas[start..start + self.width].copy_from_slice(row);
+        let planes = self.images.chunks(self.height * self.width);
+        for (source, frame) in planes.zip(images.chunks_mut(size * size)) {
+            for y in 0..rows {
+                let from = (src_y + y) * self.width + src_x;
+                let to = (dst_y + y) * size + dst_x;
+                frame[to..to + cols].copy_from_slice(&source[from..from + cols]);
             }
         }
-        Ok(ImageDataset {
+        ImageDataset {
             images,
             height: size,
             width: size,
             labels: self.labels.clone(),
             class_names: self.class_names.clone(),
             ..*self
-        })
+        }
     }
 
     /// The images at `indices`, in that order (a range or any list of
@@ -270,7 +275,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn padding_centres_images_on_background() {
+    fn centring_pads_with_background_and_crops_the_middle() {
         let ds = ImageDataset {
             images: vec![0.5; 2 * 2 * 2],
             labels: vec![0, 1],
@@ -281,14 +286,18 @@ mod tests {
             num_classes: 2,
             class_names: vec!["a".into(), "b".into()],
         };
-        let padded = ds.padded(4).unwrap();
+        let padded = ds.centred(4);
         assert_eq!((padded.height, padded.width, padded.n), (4, 4, 2));
         let expected_plane = [
             -1.0, -1.0, -1.0, -1.0, -1.0, 0.5, 0.5, -1.0, -1.0, 0.5, 0.5, -1.0, -1.0, -1.0, -1.0,
             -1.0,
         ];
         assert_eq!(padded.image(1), &expected_plane);
-        assert!(ds.padded(1).is_err());
+        let mut numbered = padded.clone();
+        numbered.images = (0..32).map(|v| v as f32).collect();
+        let cropped = numbered.centred(2);
+        assert_eq!((cropped.height, cropped.width, cropped.n), (2, 2, 2));
+        assert_eq!(cropped.image(1), &[21.0, 22.0, 25.0, 26.0]);
     }
 
     fn tiny() -> ImageDataset {
