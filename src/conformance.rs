@@ -73,6 +73,9 @@ fn upload(values: &[f32], shape: [usize; 3], device: &Device) -> Tensor<3> {
 /// Runs every check of one vector folder on `device`.
 pub fn check_folder(dir: &Path, device: &Device) -> anyhow::Result<Vec<Check>> {
     use anyhow::Context;
+    if !dir.is_dir() {
+        anyhow::bail!("{} is not a folder of conformance vectors", dir.display());
+    }
     let config = ModelConfig::from_reference_json(&dir.join("config.json"))?;
     let weights_path = dir.join("weights.safetensors");
     let weights = crate::checkpoint::tensors::read_safetensors(&weights_path)?;
@@ -288,6 +291,21 @@ mod tests {
             let failed: Vec<_> = checks.iter().filter(|c| !c.passed()).collect();
             assert!(failed.is_empty(), "{}: {failed:#?}", dir.display());
         }
+    }
+
+    #[test]
+    fn a_file_in_place_of_a_folder_is_named() {
+        let file = std::env::temp_dir().join(format!("acdit-not-a-folder-{}", std::process::id()));
+        std::fs::write(&file, "").unwrap();
+        let error = check_folder(&file, &Device::flex())
+            .unwrap_err()
+            .to_string();
+        std::fs::remove_file(&file).unwrap();
+        assert!(
+            error.contains("is not a folder of conformance vectors"),
+            "{error}"
+        );
+        assert!(error.contains("acdit-not-a-folder"), "{error}");
     }
 
     #[test]
