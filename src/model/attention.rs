@@ -31,8 +31,8 @@ pub struct CacheUse<'a> {
     pub layer: usize,
 }
 
-/// The clean and the noisy tokens of one call: (n, tokens, hidden) each; no clean tokens on
-/// most sampling steps.
+/// Something of the clean tokens and the same of the noisy ones: their activations, rotary
+/// tables or attention outputs. Most sampling steps have no clean tokens.
 pub struct Streams<T> {
     pub clean: Option<T>,
     pub noisy: T,
