@@ -293,7 +293,8 @@ pub fn rope(x: &mut [f32], table: RopeTable, transpose: bool) {
         .for_each(|x| rope_runs(x, table, transpose));
 }
 
-/// One group's rows of `d` values each, and that group's per-channel values.
+/// The length of one group's slice of `x`, checking that `x` holds `groups` groups of whole rows
+/// of `d` values.
 fn group_rows(x: &[f32], d: usize, groups: usize) -> usize {
     assert!(
         groups > 0 && x.len().is_multiple_of(groups * d),

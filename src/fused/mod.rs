@@ -678,6 +678,7 @@ mod tests {
             random([2, 3 * 5, 24], &device),
         );
         let gate = random([2, 3, 24], &device);
+        // Padded and narrowed back, so the gate the ops see is a strided view.
         let pad = |g: &Tensor<3>| Tensor::cat(vec![g.clone(), g.zeros_like()], 1);
         assert_same_function(
             [residual, h, pad(&gate)],

@@ -87,22 +87,8 @@ impl Attention {
                 let clean = clean.zip(bias.as_ref());
                 skip_causal_attend(clean, noisy, *block_len)
             }
-            KeyPattern::All => {
-                assert!(
-                    clean.is_none(),
-                    "KeyPattern::All is for a noisy block alone"
-                );
-                let Heads { q, k, v } = noisy;
-                let (k, v) = match cache {
-                    Some(CacheUse { cache, layer }) => cache.keys_for_step(layer, None, (k, v)),
-                    None => (k, v),
-                };
-                Streams {
-                    clean: None,
-                    noisy: attend(q.expect("noisy queries"), k, v, None),
-                }
-            }
-            KeyPattern::Masked(bias) => masked_attend(clean, noisy, bias.clone(), cache),
+            KeyPattern::All => prefix_attend(clean, noisy, None, cache),
+            KeyPattern::Masked(bias) => prefix_attend(clean, noisy, Some(bias.clone()), cache),
         };
         Streams {
             clean: out.clean.map(|out| self.merge_heads(out)),
@@ -241,12 +227,13 @@ fn skip_causal_attend(
     }
 }
 
-/// Attention under [`KeyPattern::Masked`]: [clean | noisy] queries against [cached | clean |
-/// noisy] keys. The clean keys and values join the cache when one is given.
-fn masked_attend(
+/// Attention under [`KeyPattern::All`] or [`KeyPattern::Masked`]: [clean | noisy] queries
+/// against [cached | clean | noisy] keys, every pair seen or those `bias` allows. The clean keys
+/// and values join the cache when one is given.
+fn prefix_attend(
     clean: Option<Heads>,
     noisy: Heads,
-    bias: Tensor<4>,
+    bias: Option<Tensor<4>>,
     cache: Option<CacheUse>,
 ) -> Streams<Tensor<4>> {
     let (clean_q, clean_kv) = match clean {
@@ -267,7 +254,7 @@ fn masked_attend(
     let noisy_q = noisy.q.expect("noisy queries");
     match clean_q {
         Some(clean_q) => {
-            let out = attend(Tensor::cat(vec![clean_q, noisy_q], 2), k, v, Some(bias));
+            let out = attend(Tensor::cat(vec![clean_q, noisy_q], 2), k, v, bias);
             let queries = out.dims()[2];
             Streams {
                 clean: Some(out.clone().narrow(2, 0, clean_len)),
@@ -275,11 +262,14 @@ fn masked_attend(
             }
         }
         None => {
-            let queries = bias.dims()[2];
-            let bias = bias.narrow(2, clean_len, queries - clean_len);
+            // Without clean queries, only the bias's noisy rows apply.
+            let bias = bias.map(|bias| {
+                let queries = bias.dims()[2];
+                bias.narrow(2, clean_len, queries - clean_len)
+            });
             Streams {
                 clean: None,
-                noisy: attend(noisy_q, k, v, Some(bias)),
+                noisy: attend(noisy_q, k, v, bias),
             }
         }
     }
