@@ -10,13 +10,11 @@
 
 use std::path::Path;
 
-use acdit::checkpoint::load::{WeightsKind, load_weights};
+use acdit::checkpoint::load::{WeightsKind, WeightsSource};
 use acdit::data::ImageDataset;
 use acdit::data::idx::{DatasetKind, Split, load_mnist_dir};
-use acdit::diffusion::SamplerKind;
 use acdit::diffusion::blockwise::{DEFAULT_GUIDANCE, Generation, Quiet};
-use acdit::model::Acdit;
-use acdit::sampling::sample_images;
+use acdit::sampling::{load_model, sample_images};
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 
@@ -32,10 +30,9 @@ fn main() -> Result<()> {
     let guidance: f64 = args.get(2).map_or(Ok(DEFAULT_GUIDANCE), |a| a.parse())?;
 
     let device = Device::flex();
-    let loaded = load_weights(Path::new(weights), WeightsKind::Ema, None)
-        .with_context(|| format!("loading {weights}"))?;
-    let config = loaded.config;
-    let model = Acdit::new(&config, &device).load_tensors(&loaded.tensors)?;
+    let source = WeightsSource::File(Path::new(weights));
+    let model = load_model(source, WeightsKind::Ema, None, &device)?.model;
+    let config = model.config().clone();
     if config.num_classes != 10 || config.in_channels != 1 {
         bail!("{weights} is not a one-channel, ten-class model");
     }
@@ -57,10 +54,8 @@ fn main() -> Result<()> {
 
     let labels: Vec<i64> = (0..10).flat_map(|c| vec![c; per_class]).collect();
     let generation = Generation {
-        sampler: SamplerKind::DpmSolver2M,
-        steps: 25,
         cfg: guidance,
-        kv_cache: true,
+        ..Generation::default()
     };
     let pixels = sample_images(&model, &labels, &generation, 0, 50, &mut Quiet);
     let pixels: Vec<f32> = pixels.iter().map(|v| v.clamp(-1.0, 1.0)).collect();

@@ -12,31 +12,36 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::config::ModelConfig;
 use crate::data::ImageDataset;
-use crate::diffusion::SamplerKind;
 use crate::diffusion::blockwise::{Generation, Quiet};
 use crate::model::Acdit;
 use crate::sampling::sample_images;
 use crate::train::{TrainConfig, Trainer};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// Which measurements to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BenchPart {
     All,
     Train,
     Sample,
 }
 
-#[derive(Debug, clap::Args)]
-pub struct BenchArgs {
-    #[arg(value_enum, default_value = "all")]
+impl crate::choice::Choice for BenchPart {
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("all", BenchPart::All),
+        ("train", BenchPart::Train),
+        ("sample", BenchPart::Sample),
+    ];
+}
+
+/// What `acdit bench` was asked for.
+#[derive(Debug, Clone)]
+pub struct BenchJob {
     pub part: BenchPart,
     /// Timed training steps (after 2 warm-up steps).
-    #[arg(long, default_value_t = 10)]
     pub train_steps: u64,
     /// Timed sampling rounds of 16 images each.
-    #[arg(long, default_value_t = 1)]
     pub sample_rounds: usize,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: Device,
 }
 
 /// Peak resident memory of this process so far, in MiB (Linux), if known.
@@ -92,10 +97,9 @@ pub fn bench_sample(config: &ModelConfig, kv_cache: bool, device: &Device, round
     let model = Acdit::new(config, device);
     let labels: Vec<i64> = (0..16).map(|i| i % 10).collect();
     let generation = Generation {
-        sampler: SamplerKind::DpmSolver2M,
-        steps: 25,
         cfg: 1.5,
         kv_cache,
+        ..Generation::default()
     };
     let started = Instant::now();
     for round in 0..rounds {
@@ -104,11 +108,11 @@ pub fn bench_sample(config: &ModelConfig, kv_cache: bool, device: &Device, round
     (rounds * labels.len()) as f64 / started.elapsed().as_secs_f64()
 }
 
-pub fn run(args: &BenchArgs) -> Result<()> {
-    let device = crate::device::parse(&args.device)?;
+pub fn run(job: &BenchJob) -> Result<()> {
+    let device = &job.device;
     let config = ModelConfig::bench_mnist();
     println!(
-        "benchmark model: {}x{} pixels, patch {}, {} blocks of {} tokens, hidden {}, depth {}, {} heads, device {}",
+        "benchmark model: {}x{} pixels, patch {}, {} blocks of {} tokens, hidden {}, depth {}, {} heads, device {:?}",
         config.img_hw,
         config.img_hw,
         config.patch_size,
@@ -117,10 +121,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         config.hidden_size,
         config.depth,
         config.num_heads,
-        args.device
+        device
     );
-    if matches!(args.part, BenchPart::All | BenchPart::Train) {
-        let tokens_per_s = bench_train(&device, args.train_steps)?;
+    if matches!(job.part, BenchPart::All | BenchPart::Train) {
+        let tokens_per_s = bench_train(device, job.train_steps)?;
         println!(
             "train: {tokens_per_s:.0} tokens/s (clean + noisy as the reference counts them, batch 16, AdamW)"
         );
@@ -128,13 +132,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             println!("train: peak resident memory {peak:.0} MiB");
         }
     }
-    if matches!(args.part, BenchPart::All | BenchPart::Sample) {
-        let cached = bench_sample(&config, true, &device, args.sample_rounds);
-        let recomputed = bench_sample(&config, false, &device, args.sample_rounds);
+    if matches!(job.part, BenchPart::All | BenchPart::Sample) {
+        let cached = bench_sample(&config, true, device, job.sample_rounds);
+        let recomputed = bench_sample(&config, false, device, job.sample_rounds);
         let mut full = config.clone();
         full.block_size = config.seq_len();
         full.ar_len = 1;
-        let full_sequence = bench_sample(&full, true, &device, args.sample_rounds);
+        let full_sequence = bench_sample(&full, true, device, job.sample_rounds);
         println!("sample: {cached:.2} images/s with KV cache");
         println!(
             "sample: {recomputed:.2} images/s without KV cache (cache speed-up {:.2}x)",

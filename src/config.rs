@@ -80,7 +80,7 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
 }
 
 /// The named sizes of the paper (depth x hidden, head dim 64).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preset {
     /// 12 layers x 768 (132M at ImageNet 256).
     B,
@@ -93,6 +93,17 @@ pub enum Preset {
 }
 
 impl Preset {
+    /// The preset a release checkpoint's `args.model` names (`ACDiT-XL`), if any.
+    pub fn from_release_name(name: &str) -> Option<Self> {
+        match name {
+            "ACDiT-B" => Some(Preset::B),
+            "ACDiT-L" => Some(Preset::L),
+            "ACDiT-XL" => Some(Preset::Xl),
+            "ACDiT-H" => Some(Preset::H),
+            _ => None,
+        }
+    }
+
     /// (depth, hidden size).
     pub fn size(self) -> (usize, usize) {
         match self {
@@ -108,6 +119,20 @@ impl Preset {
 pub fn auto_rope_base(len: usize) -> f64 {
     let scaled = (8.0 * len as f64 / std::f64::consts::PI) as usize;
     ((scaled / 100 + 1) * 100) as f64
+}
+
+/// Reads a settings file: TOML for a `.toml` extension, else JSON. The error names the file.
+pub fn read_config_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let file_error = |reason: String| ConfigError::File {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+    if path.extension().is_some_and(|e| e == "toml") {
+        toml::from_str(&text).map_err(|e| file_error(e.to_string()))
+    } else {
+        serde_json::from_str(&text).map_err(|e| file_error(e.to_string()))
+    }
 }
 
 impl ModelConfig {
@@ -165,35 +190,22 @@ impl ModelConfig {
 
     /// Reads JSON or TOML (by extension) and checks it.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let file_error = |reason: String| ConfigError::File {
-            path: path.display().to_string(),
-            reason,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
-        let is_toml = path.extension().is_some_and(|e| e == "toml");
-        let config: Self = if is_toml {
-            toml::from_str(&text).map_err(|e| file_error(e.to_string()))?
-        } else {
-            serde_json::from_str(&text).map_err(|e| file_error(e.to_string()))?
-        };
+        let config: Self = read_config_file(path)?;
         config.validate()?;
         Ok(config)
     }
 
     /// Reads the model part of a reference `config.json` (which also carries sampler settings).
     pub fn from_reference_json(path: &Path) -> Result<Self, ConfigError> {
-        let file_error = |reason: String| ConfigError::File {
-            path: path.display().to_string(),
-            reason,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
-        let mut value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| file_error(e.to_string()))?;
+        let mut value: serde_json::Value = read_config_file(path)?;
         if let Some(map) = value.as_object_mut() {
             map.remove("sample");
             map.remove("sampler");
         }
-        let config: Self = serde_json::from_value(value).map_err(|e| file_error(e.to_string()))?;
+        let config: Self = serde_json::from_value(value).map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -393,14 +405,13 @@ mod tests {
     #[test]
     fn json_and_toml_round_trip() {
         let config = ModelConfig::bench_mnist();
-        let dir = std::env::temp_dir().join(format!("acdit-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
         let json = dir.join("model.json");
         std::fs::write(&json, serde_json::to_string(&config).unwrap()).unwrap();
         assert_eq!(ModelConfig::from_file(&json).unwrap(), config);
         let toml_path = dir.join("model.toml");
         std::fs::write(&toml_path, toml::to_string(&config).unwrap()).unwrap();
         assert_eq!(ModelConfig::from_file(&toml_path).unwrap(), config);
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -1,4 +1,4 @@
-//! Checks against vectors made by the paper's reference PyTorch code (`../shared/conformance`):
+//! Checks against vectors made by the paper's reference PyTorch code (`tests/data/conformance`):
 //! the token layout, the mask and positions, a training forward, and blockwise sampling with and
 //! without the KV cache. `acdit conform DIR` and the tests both run [`check_folder`].
 
@@ -10,8 +10,8 @@ use crate::checkpoint::tensors::SafetensorsFile;
 use crate::checkpoint::torch::TorchCheckpoint;
 use crate::config::ModelConfig;
 use crate::diffusion::blockwise::{Generation, Observer, generate};
+use crate::diffusion::linspace_timesteps;
 use crate::diffusion::schedule::NoiseSchedule;
-use crate::diffusion::{SamplerKind, linspace_timesteps};
 use crate::layout::{patchify, position_ids};
 use crate::mask::skip_causal_mask;
 use crate::model::Acdit;
@@ -203,10 +203,10 @@ fn check_sampling(
         upload(&values, [n, config.block_size, config.latent_size], &device)
     };
     let generation = Generation {
-        sampler: SamplerKind::DpmSolver2M,
         steps,
         cfg,
         kv_cache,
+        ..Generation::default()
     };
     let mut recorder = Recorder(Vec::new());
     let tokens = generate(
@@ -268,25 +268,10 @@ fn check_sampling(
 mod tests {
     use super::*;
 
-    fn vector_dirs() -> Vec<std::path::PathBuf> {
-        let root = crate::checkpoint::tensors::conformance_dir();
-        let mut dirs: Vec<_> = std::fs::read_dir(&root)
-            .unwrap_or_else(|e| panic!("conformance vectors at {}: {e}", root.display()))
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|path| path.join("config.json").exists())
-            .collect();
-        dirs.sort();
-        dirs
-    }
-
     #[test]
     fn every_reference_vector_folder_conforms() {
-        let dirs = vector_dirs();
-        assert!(
-            dirs.len() >= 2,
-            "expected img_tiny and vid_tiny, found {dirs:?}"
-        );
-        for dir in dirs {
+        for model in ["img_tiny", "vid_tiny"] {
+            let dir = crate::testing::conformance_dir().join(model);
             let checks = check_folder(&dir, &Device::flex()).unwrap();
             let failed: Vec<_> = checks.iter().filter(|c| !c.passed()).collect();
             assert!(failed.is_empty(), "{}: {failed:#?}", dir.display());
@@ -295,12 +280,13 @@ mod tests {
 
     #[test]
     fn a_file_in_place_of_a_folder_is_named() {
-        let file = std::env::temp_dir().join(format!("acdit-not-a-folder-{}", std::process::id()));
-        std::fs::write(&file, "").unwrap();
-        let error = check_folder(&file, &Device::flex())
+        let file = tempfile::Builder::new()
+            .prefix("acdit-not-a-folder")
+            .tempfile()
+            .unwrap();
+        let error = check_folder(file.path(), &Device::flex())
             .unwrap_err()
             .to_string();
-        std::fs::remove_file(&file).unwrap();
         assert!(
             error.contains("is not a folder of conformance vectors"),
             "{error}"

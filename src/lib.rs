@@ -5,8 +5,10 @@
 //! Attention Mask in `mask`, the token layout in `layout`, and `conformance` checks everything
 //! against the reference's vectors.
 
+pub mod atomic;
 pub mod bench;
 pub mod checkpoint;
+pub mod choice;
 pub mod config;
 pub mod conformance;
 pub mod data;
@@ -19,3 +21,6 @@ pub mod model;
 pub mod output;
 pub mod sampling;
 pub mod train;
+
+#[cfg(test)]
+mod testing;

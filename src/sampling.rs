@@ -1,7 +1,7 @@
 //! From class labels to pictures: seeded noise per image, blockwise generation in batches, and
 //! the tokens laid back out as pixels.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::Context;
@@ -11,6 +11,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
+use crate::checkpoint::load::{WeightsKind, WeightsSource, load_weights};
 use crate::diffusion::blockwise::{Generation, Observer, generate};
 use crate::diffusion::schedule::NoiseSchedule;
 use crate::layout::unpatchify;
@@ -139,18 +140,73 @@ fn sample_chunk(
     unpatchify(config, &tokens, labels.len())
 }
 
+/// A model ready to sample, with a name for each class.
+pub struct SamplingModel {
+    pub model: Acdit,
+    pub class_names: Vec<String>,
+}
+
+/// Loads weights from `source` (see [`load_weights`]) into a model on `device`.
+pub fn load_model(
+    source: WeightsSource,
+    kind: WeightsKind,
+    config: Option<&Path>,
+    device: &Device,
+) -> anyhow::Result<SamplingModel> {
+    let name = match source {
+        WeightsSource::File(path) => path.display().to_string(),
+        WeightsSource::BuiltIn(model) => format!("the built-in model {}", model.name),
+    };
+    let loaded = load_weights(source, kind, config).with_context(|| format!("loading {name}"))?;
+    let config = loaded.config;
+    config.validate()?;
+    let model = Acdit::new(&config, device)
+        .load_tensors(&loaded.tensors)
+        .with_context(|| format!("{name} does not fit its model config"))?;
+    let class_names = loaded
+        .class_names
+        .filter(|names| names.len() == config.num_classes)
+        .unwrap_or_else(|| (0..config.num_classes).map(|c| c.to_string()).collect());
+    Ok(SamplingModel { model, class_names })
+}
+
 /// What `acdit sample` was asked for.
-pub struct SampleJob<'a> {
-    pub classes: &'a [i64],
-    pub class_names: &'a [String],
+#[derive(Debug, Clone)]
+pub struct SampleJob {
+    /// Classes to draw; `None` for every class of the model.
+    pub classes: Option<Vec<i64>>,
     pub per_class: usize,
-    pub generation: &'a Generation,
+    pub generation: Generation,
     pub seed: u64,
+    /// Images generated at once.
     pub batch: usize,
     /// The labelled grid PNG.
-    pub grid: &'a Path,
+    pub grid: PathBuf,
     /// One PNG per image and `samples.npz`, if wanted.
-    pub out_dir: Option<&'a Path>,
+    pub out_dir: Option<PathBuf>,
+}
+
+impl SampleJob {
+    /// The classes to draw, checked against the model's.
+    fn classes(&self, num_classes: usize) -> anyhow::Result<Vec<i64>> {
+        if self.per_class == 0 || self.generation.steps == 0 || self.batch == 0 {
+            anyhow::bail!("--per-class, --steps and --batch must be at least 1");
+        }
+        let classes = self
+            .classes
+            .clone()
+            .unwrap_or_else(|| (0..num_classes as i64).collect());
+        if let Some(bad) = classes
+            .iter()
+            .find(|&&c| c < 0 || c as usize >= num_classes)
+        {
+            anyhow::bail!(
+                "class {bad} is out of range: this model has classes 0..{}",
+                num_classes - 1
+            );
+        }
+        Ok(classes)
+    }
 }
 
 /// A progress bar advanced at every model call, showing the block and step.
@@ -175,7 +231,9 @@ impl Observer for Progress {
 
 /// Samples `per_class` images of each class and writes the grid (and the per-image files).
 /// Every file appears complete or not at all.
-pub fn run_job(model: &Acdit, job: &SampleJob) -> anyhow::Result<()> {
+pub fn run_job(sampling: &SamplingModel, job: &SampleJob) -> anyhow::Result<()> {
+    let model = &sampling.model;
+    let classes = job.classes(model.config().num_classes)?;
     // Fail before minutes of sampling, not after.
     let folder = job.grid.parent().filter(|p| !p.as_os_str().is_empty());
     if let Some(folder) = folder.filter(|f| !f.is_dir()) {
@@ -185,12 +243,11 @@ pub fn run_job(model: &Acdit, job: &SampleJob) -> anyhow::Result<()> {
             folder.display()
         );
     }
-    if let Some(dir) = job.out_dir {
+    if let Some(dir) = &job.out_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let config = model.config();
-    let labels: Vec<i64> = job
-        .classes
+    let labels: Vec<i64> = classes
         .iter()
         .flat_map(|&c| std::iter::repeat_n(c, job.per_class))
         .collect();
@@ -206,7 +263,7 @@ pub fn run_job(model: &Acdit, job: &SampleJob) -> anyhow::Result<()> {
     let pixels = sample_images(
         model,
         &labels,
-        job.generation,
+        &job.generation,
         job.seed,
         job.batch,
         &mut Progress {
@@ -224,13 +281,13 @@ pub fn run_job(model: &Acdit, job: &SampleJob) -> anyhow::Result<()> {
     ];
     let pixels = frames_side_by_side(config, &pixels, labels.len());
     let batch = ImageBatch::new(&pixels, shape)?;
-    let names: Vec<&str> = job
-        .classes
+    let class_names = &sampling.class_names;
+    let names: Vec<&str> = classes
         .iter()
-        .map(|&c| job.class_names[c as usize].as_str())
+        .map(|&c| class_names[c as usize].as_str())
         .collect();
     write_labeled_grid(
-        job.grid,
+        &job.grid,
         &batch,
         &GridLayout::per_class(&names, job.per_class),
     )?;
@@ -240,10 +297,10 @@ pub fn run_job(model: &Acdit, job: &SampleJob) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64(),
         job.grid.display()
     );
-    if let Some(dir) = job.out_dir {
+    if let Some(dir) = &job.out_dir {
         let label_names: Vec<&str> = labels
             .iter()
-            .map(|&c| job.class_names[c as usize].as_str())
+            .map(|&c| class_names[c as usize].as_str())
             .collect();
         write_image_pngs(dir, &batch, &label_names)?;
         let [n, c, h, w] = shape;
@@ -286,28 +343,27 @@ mod tests {
     use crate::diffusion::SamplerKind;
     use crate::model::tests::tiny_config;
 
-    /// A tiny untrained model, a two-step sampler and ten class names, for the job tests.
-    fn tiny_job_parts() -> (Acdit, Generation, Vec<String>) {
-        let model = Acdit::new(&tiny_config(2), &Device::flex());
-        let generation = Generation {
-            sampler: SamplerKind::DpmSolver2M,
-            steps: 2,
-            cfg: 1.0,
-            kv_cache: true,
-        };
-        let names = (0..10).map(|c| c.to_string()).collect();
-        (model, generation, names)
+    /// A tiny untrained model with ten class names, for the job tests.
+    fn tiny_model() -> SamplingModel {
+        SamplingModel {
+            model: Acdit::new(&tiny_config(2), &Device::flex()),
+            class_names: (0..10).map(|c| c.to_string()).collect(),
+        }
     }
 
-    fn job<'a>(generation: &'a Generation, names: &'a [String], grid: &'a Path) -> SampleJob<'a> {
+    /// Two of classes 1 and 2, two unguided steps a block.
+    fn job(grid: &Path) -> SampleJob {
         SampleJob {
-            classes: &[1, 2],
-            class_names: names,
+            classes: Some(vec![1, 2]),
             per_class: 2,
-            generation,
+            generation: Generation {
+                steps: 2,
+                cfg: 1.0,
+                ..Generation::default()
+            },
             seed: 3,
             batch: 4,
-            grid,
+            grid: grid.to_path_buf(),
             out_dir: None,
         }
     }
@@ -319,7 +375,7 @@ mod tests {
             sampler: SamplerKind::Ddim,
             steps: 2,
             cfg: 1.5,
-            kv_cache: true,
+            ..Generation::default()
         };
         let labels = [1, 2, 3];
         let sample = |seed: u64, batch: usize| {
@@ -334,31 +390,67 @@ mod tests {
 
     #[test]
     fn unwritable_grid_fails_before_sampling_and_names_the_path() {
-        let (model, generation, names) = tiny_job_parts();
         let grid = Path::new("/nonexistent-acdit-folder/grid.png");
-        let message = run_job(&model, &job(&generation, &names, grid))
-            .unwrap_err()
-            .to_string();
+        let message = run_job(&tiny_model(), &job(grid)).unwrap_err().to_string();
         assert!(message.contains("/nonexistent-acdit-folder"), "{message}");
     }
 
     #[test]
     fn unwritable_image_folder_fails_before_the_grid_is_written() {
-        let (model, generation, names) = tiny_job_parts();
-        let folder = std::env::temp_dir().join(format!("acdit-sampling-{}", std::process::id()));
-        std::fs::create_dir_all(&folder).unwrap();
+        let temp = tempfile::tempdir().unwrap();
+        let folder = temp.path();
         let grid = folder.join("grid.png");
         // A file where the image folder should go: the folder cannot be created.
         let blocker = folder.join("blocker");
         std::fs::write(&blocker, b"").unwrap();
         let out_dir = blocker.join("images");
         let job = SampleJob {
-            out_dir: Some(&out_dir),
-            ..job(&generation, &names, &grid)
+            out_dir: Some(out_dir),
+            ..job(&grid)
         };
-        let message = format!("{:#}", run_job(&model, &job).unwrap_err());
+        let message = format!("{:#}", run_job(&tiny_model(), &job).unwrap_err());
         assert!(message.contains("blocker"), "{message}");
         assert!(!grid.exists(), "the grid was written before the failure");
-        std::fs::remove_dir_all(&folder).unwrap();
+    }
+
+    #[test]
+    fn classes_outside_the_model_are_refused_before_sampling() {
+        let temp = tempfile::tempdir().unwrap();
+        let grid = temp.path().join("grid.png");
+        for (classes, expected) in [(vec![3, 10], "class 10"), (vec![-1], "class -1")] {
+            let job = SampleJob {
+                classes: Some(classes),
+                ..job(&grid)
+            };
+            let message = run_job(&tiny_model(), &job).unwrap_err().to_string();
+            assert!(
+                message.contains(expected) && message.contains("0..9"),
+                "{message}"
+            );
+        }
+        let none = SampleJob {
+            per_class: 0,
+            ..job(&grid)
+        };
+        assert!(run_job(&tiny_model(), &none).is_err());
+        assert!(!grid.exists());
+    }
+
+    #[test]
+    fn the_built_in_model_loads_from_the_binary_alone() {
+        let mnist = crate::checkpoint::load::built_in_model("mnist").unwrap();
+        let sampling = load_model(
+            WeightsSource::BuiltIn(mnist),
+            WeightsKind::Ema,
+            None,
+            &Device::flex(),
+        )
+        .unwrap();
+        assert_eq!(sampling.model.config().img_hw, 24);
+        assert_eq!(sampling.class_names.len(), 10);
+        let message = crate::checkpoint::load::built_in_model("imagenet")
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("\"mnist\""), "{message}");
     }
 }

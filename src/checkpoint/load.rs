@@ -1,29 +1,59 @@
-//! Finding the weights and the config in any checkpoint a user may hand us: our training
-//! checkpoints, our exported weights, a reference state dict in safetensors, or the release's
-//! PyTorch `.pt` files.
+//! Finding the weights and the config in any checkpoint a user may hand us: the models built
+//! into the binary, our training checkpoints, our exported weights, a reference state dict in
+//! safetensors, or the release's PyTorch `.pt` files.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+use super::release::config_from_release;
 use super::tensors::{NamedTensors, SafetensorsFile};
 use super::torch::TorchCheckpoint;
+use crate::choice::Choice;
 use crate::config::ModelConfig;
 
 /// Which copy of the weights to take from a file that has both.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightsKind {
     Model,
     Ema,
 }
 
-impl WeightsKind {
-    fn key(self) -> &'static str {
-        match self {
-            WeightsKind::Model => "model",
-            WeightsKind::Ema => "ema",
-        }
-    }
+impl crate::choice::Choice for WeightsKind {
+    const CHOICES: &'static [(&'static str, Self)] =
+        &[("model", WeightsKind::Model), ("ema", WeightsKind::Ema)];
+}
+
+/// A model compiled into the binary: its EMA weights with the config and class names in the
+/// file's metadata, so that sampling needs no file beside the program.
+#[derive(Debug)]
+pub struct BuiltInModel {
+    pub name: &'static str,
+    safetensors: &'static [u8],
+}
+
+/// The built-in models, by the name `--model` takes.
+pub const BUILT_IN_MODELS: &[BuiltInModel] = &[BuiltInModel {
+    name: "mnist",
+    safetensors: include_bytes!("../../weights/mnist/ema.safetensors"),
+}];
+
+/// The built-in model called `name`; the error lists them.
+pub fn built_in_model(name: &str) -> Result<&'static BuiltInModel> {
+    BUILT_IN_MODELS
+        .iter()
+        .find(|m| m.name == name)
+        .with_context(|| {
+            let names: Vec<&str> = BUILT_IN_MODELS.iter().map(|m| m.name).collect();
+            format!("no built-in model `{name}`: the built-in models are {names:?}")
+        })
+}
+
+/// Where weights come from.
+#[derive(Debug, Clone, Copy)]
+pub enum WeightsSource<'a> {
+    File(&'a Path),
+    BuiltIn(&'static BuiltInModel),
 }
 
 /// Weights ready to load, with the config they fit and the class names if the file has them.
@@ -33,26 +63,35 @@ pub struct LoadedWeights {
     pub class_names: Option<Vec<String>>,
 }
 
-/// Reads `path`. The config comes from `config` if given, else from the file's own metadata,
-/// else from a `config.json` beside the file (as in the reference's vector folders).
+/// Reads the weights. The config comes from `config` if given, else from the file's own
+/// metadata (ours) or run settings (the release's `args`), else from a `config.json` beside the
+/// file (as in the reference's vector folders and our exported weights).
 pub fn load_weights(
-    path: &Path,
+    source: WeightsSource,
     kind: WeightsKind,
     config: Option<&Path>,
 ) -> Result<LoadedWeights> {
+    let path = match source {
+        WeightsSource::BuiltIn(model) => {
+            let label = PathBuf::from(format!("<built-in model {}>", model.name));
+            let file = SafetensorsFile::from_bytes(&label, model.safetensors.to_vec())?;
+            let (tensors, embedded, class_names) = read_safetensors_weights(&file, &label, kind)?;
+            let config = embedded.context("the built-in model carries no config")?;
+            return Ok(LoadedWeights {
+                config,
+                tensors,
+                class_names,
+            });
+        }
+        WeightsSource::File(path) => path,
+    };
     let is_torch = path
         .extension()
         .is_some_and(|e| e == "pt" || e == "pth" || e == "bin");
     let (tensors, embedded_config, class_names) = if is_torch {
-        let checkpoint = TorchCheckpoint::open(path)?;
-        let key = if checkpoint.keys().iter().any(|k| k == kind.key()) {
-            kind.key()
-        } else {
-            ""
-        };
-        (checkpoint.state_dict(key)?, None, None)
+        read_torch_weights(path, kind, config.is_none())?
     } else {
-        read_safetensors_weights(path, kind)?
+        read_safetensors_weights(&SafetensorsFile::open(path)?, path, kind)?
     };
     let config = match (config, embedded_config) {
         (Some(file), _) => {
@@ -81,12 +120,40 @@ fn sibling_config(path: &Path) -> Option<PathBuf> {
     candidate.exists().then_some(candidate)
 }
 
-type SafetensorsWeights = (NamedTensors, Option<ModelConfig>, Option<Vec<String>>);
+type FileWeights = (NamedTensors, Option<ModelConfig>, Option<Vec<String>>);
+
+/// A release checkpoint `{"model", "ema", "args"}` (or a bare state dict). With `want_config`, the
+/// config is built from `args` when the file has them.
+fn read_torch_weights(path: &Path, kind: WeightsKind, want_config: bool) -> Result<FileWeights> {
+    let checkpoint = TorchCheckpoint::open(path)?;
+    let key = kind.name();
+    let has_key = checkpoint.keys().iter().any(|k| k == key);
+    // The release's published files hold only `model`: take it when no EMA copy exists.
+    let key = match (has_key, checkpoint.keys().iter().any(|k| k == "model")) {
+        (true, _) => key,
+        (false, true) => "model",
+        (false, false) => "",
+    };
+    let tensors = checkpoint.state_dict(key)?;
+    let args = checkpoint.args();
+    let config = if want_config && !args.is_empty() {
+        Some(
+            config_from_release(&args, &tensors)
+                .with_context(|| format!("{}: building the model from args", path.display()))?,
+        )
+    } else {
+        None
+    };
+    Ok((tensors, config, None))
+}
 
 /// Our files carry `model_config` (and `class_names`) metadata; training checkpoints prefix the
 /// weights with `model.` / `ema.`. A plain reference state dict has neither.
-fn read_safetensors_weights(path: &Path, kind: WeightsKind) -> Result<SafetensorsWeights> {
-    let file = SafetensorsFile::open(path)?;
+fn read_safetensors_weights(
+    file: &SafetensorsFile,
+    path: &Path,
+    kind: WeightsKind,
+) -> Result<FileWeights> {
     let metadata = file.metadata();
     let config = match metadata.get("model_config") {
         Some(json) => Some(
@@ -102,8 +169,9 @@ fn read_safetensors_weights(path: &Path, kind: WeightsKind) -> Result<Safetensor
         ),
         None => None,
     };
+    let key = kind.name();
     let names = file.names();
-    let prefix = format!("{}.", kind.key());
+    let prefix = format!("{key}.");
     let prefixed = names
         .iter()
         .any(|n| n.starts_with("model.") || n.starts_with("ema."));
@@ -116,11 +184,7 @@ fn read_safetensors_weights(path: &Path, kind: WeightsKind) -> Result<Safetensor
         }
     }
     if tensors.is_empty() {
-        bail!(
-            "{}: no `{}` weights in this file",
-            path.display(),
-            kind.key()
-        );
+        bail!("{}: no `{key}` weights in this file", path.display());
     }
     Ok((tensors, config, class_names))
 }

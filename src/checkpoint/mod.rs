@@ -1,5 +1,6 @@
 //! Reading and writing weights: safetensors, and the release's PyTorch checkpoints.
 
 pub mod load;
+pub mod release;
 pub mod tensors;
 pub mod torch;

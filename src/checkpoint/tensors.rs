@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Metadata, TensorInfo};
@@ -50,6 +50,12 @@ pub enum CheckpointError {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
+    #[error("checkpoint {name}: {count} of its {total} values are NaN or infinite")]
+    NonFinite {
+        name: String,
+        count: usize,
+        total: usize,
+    },
     #[error("{}: tensor {name} is {dtype}, which cannot be read as {wanted}", path.display())]
     UnsupportedDtype {
         path: PathBuf,
@@ -68,36 +74,6 @@ fn shape_str(shape: &[usize]) -> String {
             format!("({})", dims.join(", "))
         }
     }
-}
-
-/// Checks that `t` has exactly the shape the model expects for `name`.
-pub fn expect_shape(name: &str, expected: &[usize], t: &HostTensor) -> Result<(), CheckpointError> {
-    if t.shape == expected {
-        Ok(())
-    } else {
-        Err(CheckpointError::ShapeMismatch {
-            name: name.to_string(),
-            expected: expected.to_vec(),
-            found: t.shape.clone(),
-        })
-    }
-}
-
-/// Removes `name` from `tensors` and checks its shape, so that a loader walking
-/// the model can finish by reporting whatever was left unused.
-pub fn take_tensor(
-    tensors: &mut NamedTensors,
-    name: &str,
-    expected: &[usize],
-) -> Result<HostTensor, CheckpointError> {
-    let t = tensors
-        .remove(name)
-        .ok_or_else(|| CheckpointError::MissingTensor {
-            name: name.to_string(),
-            within: "the state dict".to_string(),
-        })?;
-    expect_shape(name, expected, &t)?;
-    Ok(t)
 }
 
 /// Decodes little-endian elements of `dtype` to f32 (integers by value).
@@ -139,6 +115,12 @@ impl SafetensorsFile {
             path: path.to_path_buf(),
             source,
         })?;
+        Self::from_bytes(path, bytes)
+    }
+
+    /// A file's bytes already in memory (the weights built into the binary); `path` names it in
+    /// errors.
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self, CheckpointError> {
         // read_metadata checks that every tensor's byte range lies inside the file
         // and matches its shape and dtype, so slicing below cannot go out of bounds.
         let (header_len, header) =
@@ -260,9 +242,8 @@ impl View for F32View<'_> {
     }
 }
 
-/// Writes `tensors` as F32 (sorted by name) plus string `metadata` to `path`,
-/// through `path.tmp` in the same folder, fsynced and then renamed over `path`:
-/// a crash leaves either the old file or the new one, never half of one.
+/// Writes `tensors` as F32 (sorted by name) plus string `metadata` to `path` atomically: a crash
+/// leaves either the old file or the new one, never half of one.
 pub fn write_safetensors_atomic(
     path: &Path,
     tensors: &NamedTensors,
@@ -280,74 +261,21 @@ pub fn write_safetensors_atomic(
             t.data.len()
         )));
     }
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| format("not a file path".to_string()))?;
-    let mut tmp_name = file_name.to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| CheckpointError::Io { path: p, source }
-    };
-
     let metadata: Option<HashMap<String, String>> = metadata.map(|m| m.into_iter().collect());
     let views = tensors.iter().map(|(name, t)| (name.as_str(), F32View(t)));
-    let written = safetensors::serialize_to_file(views, &metadata, &tmp)
-        .map_err(|e| format(format!("writing {}: {e:?}", tmp.display())))
-        .and_then(|()| {
-            OpenOptions::new()
-                .write(true)
-                .open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(io(&tmp))
-        })
-        .and_then(|()| fs::rename(&tmp, path).map_err(io(path)));
-    if written.is_err() {
-        // Best effort: the error being returned matters more than a leftover .tmp.
-        let _ = fs::remove_file(&tmp);
-        return written;
-    }
-    // Make the rename itself durable. Not every platform can fsync a folder, and
-    // the file is complete either way, so a failure here is not an error.
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    let _ = File::open(dir.unwrap_or(Path::new("."))).and_then(|d| d.sync_all());
-    Ok(())
-}
-
-/// The conformance vectors: `$ACDIT_CONFORMANCE` if set, else `../shared/conformance`
-/// next to the crate. Panics, naming the folder, when it is missing: the tests that read it
-/// would otherwise fail with a bare "No such file or directory".
-#[cfg(test)]
-pub(crate) fn conformance_dir() -> PathBuf {
-    let dir = std::env::var_os("ACDIT_CONFORMANCE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../shared/conformance"
-            ))
-        });
-    assert!(
-        dir.is_dir(),
-        "conformance vectors not found at {}: set ACDIT_CONFORMANCE to their folder",
-        dir.display()
-    );
-    dir
-}
-
-/// A fresh empty folder under the system temp dir for one test.
-#[cfg(test)]
-pub(crate) fn scratch_dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("acdit-{test}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
+    crate::atomic::write_atomic(path, |temp| {
+        safetensors::serialize_to_file(views, &metadata, temp).map_err(std::io::Error::other)
+    })
+    .map_err(|source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::conformance_dir;
     use safetensors::tensor::TensorView;
 
     fn tensor(shape: &[usize], data: &[f32]) -> HostTensor {
@@ -359,7 +287,8 @@ mod tests {
 
     #[test]
     fn safetensors_round_trip_is_exact_and_leaves_no_tmp() -> anyhow::Result<()> {
-        let dir = scratch_dir("roundtrip");
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
         let path = dir.join("state.safetensors");
         let mut tensors = NamedTensors::new();
         tensors.insert(
@@ -388,28 +317,28 @@ mod tests {
             assert_eq!(bits(&back[name]), bits(t), "{name}");
         }
         assert_eq!(SafetensorsFile::open(&path)?.metadata(), meta);
-        let left: Vec<_> = fs::read_dir(&dir)?
+        let left: Vec<_> = fs::read_dir(dir)?
             .map(|e| e.map(|e| e.file_name()))
             .collect::<Result<_, _>>()?;
         assert_eq!(left, vec![std::ffi::OsString::from("state.safetensors")]);
-        fs::remove_dir_all(&dir)?;
         Ok(())
     }
 
     #[test]
     fn write_rejects_data_that_does_not_match_its_shape() {
-        let dir = scratch_dir("badshape");
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
         let path = dir.join("bad.safetensors");
         let tensors = NamedTensors::from([("w".to_string(), tensor(&[2, 2], &[1.0; 3]))]);
         let err = write_safetensors_atomic(&path, &tensors, None).unwrap_err();
         assert!(err.to_string().contains("cannot write w"), "{err}");
         assert!(!path.exists() && !dir.join("bad.safetensors.tmp").exists());
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn every_supported_dtype_reads_as_f32_and_ints_read_exactly() -> anyhow::Result<()> {
-        let dir = scratch_dir("dtypes");
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
         let path = dir.join("mixed.safetensors");
         let f16: Vec<u8> = [1.5f32, -2.0]
             .iter()
@@ -450,7 +379,6 @@ mod tests {
         assert_eq!(file.i64("i32")?, (vec![1, 2], vec![-7, 9]));
         assert_eq!(file.i64("u8")?.1, [0, 255]);
         assert_eq!(file.u8("u8")?, (vec![2], vec![0, 255]));
-        fs::remove_dir_all(&dir)?;
         Ok(())
     }
 
@@ -492,31 +420,11 @@ mod tests {
     }
 
     #[test]
-    fn shape_mismatch_error_names_tensor_and_both_shapes() {
-        let t = tensor(&[384, 256], &vec![0.0; 384 * 256]);
-        let err = expect_shape("blocks.3.attn.qkv.weight", &[768, 256], &t).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "checkpoint blocks.3.attn.qkv.weight: expected (768, 256), found (384, 256)"
-        );
-        assert!(expect_shape("x", &[384, 256], &t).is_ok());
-
-        let mut tensors = NamedTensors::from([("bias".to_string(), tensor(&[3], &[0.0; 3]))]);
-        let err = take_tensor(&mut tensors, "bias", &[4])
-            .unwrap_err()
-            .to_string();
-        assert_eq!(err, "checkpoint bias: expected (4,), found (3,)");
-        let err = take_tensor(&mut tensors, "bias", &[3])
-            .unwrap_err()
-            .to_string();
-        assert_eq!(err, "checkpoint bias: not found in the state dict");
-    }
-
-    #[test]
     fn corrupt_safetensors_is_an_error_not_a_panic() -> anyhow::Result<()> {
         // A small file with F32, I64 and U8 tensors, so the many cases stay fast.
         let good = fs::read(conformance_dir().join("img_tiny/forward.safetensors"))?;
-        let dir = scratch_dir("corrupt-st");
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
         let path = dir.join("bad.safetensors");
         let header_end = 8 + u64::from_le_bytes(good[..8].try_into()?) as usize;
 
@@ -560,7 +468,6 @@ mod tests {
             matches!(err, CheckpointError::Io { .. })
                 && err.to_string().contains("absent.safetensors")
         );
-        fs::remove_dir_all(&dir)?;
         Ok(())
     }
 }

@@ -835,7 +835,8 @@ impl<'a> Machine<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::tensors::{conformance_dir, read_safetensors, scratch_dir};
+    use crate::checkpoint::tensors::read_safetensors;
+    use crate::testing::conformance_dir;
     use std::io::Write;
 
     #[test]
@@ -1028,7 +1029,8 @@ mod tests {
 
     #[test]
     fn strided_views_and_every_storage_type_materialise_row_major() -> anyhow::Result<()> {
-        let dir = scratch_dir("torch-views");
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
         let path = dir.join("state.pt");
         let (pickle, storages) = synthetic_state_dict();
         write_torch_zip(&path, &pickle, &storages)?;
@@ -1050,12 +1052,7 @@ mod tests {
         assert_eq!(sd["long"].data, [-3.0, 1048576.0]);
         assert_eq!(sd["int"].data, [7.0, -9.0]);
         assert_eq!(sd["byte"].data, [0.0, 200.0]);
-        fs_cleanup(&dir);
         Ok(())
-    }
-
-    fn fs_cleanup(dir: &Path) {
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
@@ -1075,7 +1072,8 @@ mod tests {
             matches!(&heap[1], Object::Instance { class, state: Some(_) } if &**class == "argparse.Namespace")
         );
 
-        let dir = scratch_dir("torch-args");
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
         let path = dir.join("args.pt");
         write_torch_zip(&path, &p.0, &[])?;
         let args = TorchCheckpoint::open(&path)?.args();
@@ -1088,13 +1086,13 @@ mod tests {
         );
         assert_eq!(args["big"], ArgValue::Int(-(1 << 40)));
         assert_eq!(args["none"].to_string(), "None");
-        fs_cleanup(&dir);
         Ok(())
     }
 
     #[test]
     fn corrupt_torch_checkpoint_is_an_error_not_a_panic() -> anyhow::Result<()> {
-        let dir = scratch_dir("torch-corrupt");
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
         let path = dir.join("bad.pt");
         let open_and_read =
             |path: &Path| TorchCheckpoint::open(path).and_then(|c| c.state_dict(""));
@@ -1161,7 +1159,6 @@ mod tests {
             err.contains("storage archive/data/0") && err.contains("missing"),
             "{err}"
         );
-        fs_cleanup(&dir);
         Ok(())
     }
 }

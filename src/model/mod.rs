@@ -15,12 +15,13 @@ use std::ops::Range;
 use burn::module::Param;
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
+use burn::tensor::activation::silu;
 
 use crate::config::ModelConfig;
 use crate::layout::position_ids;
 use crate::mask::{additive_bias, cached_step_mask, prefix_mask};
 use attention::{CacheUse, KeyPattern, StreamRopes, Streams};
-use block::{DitBlock, FinalLayer, cond_silu};
+use block::{DitBlock, FinalLayer};
 use cache::KvCache;
 use embed::{LabelEmbedder, TimestepEmbedder};
 use rope::Rope;
@@ -255,7 +256,8 @@ impl Acdit {
         keys: KeyPattern,
         mut cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
-        let cond = cond_silu(cond);
+        // SiLU of the conditions, shared by every adaLN in the network.
+        let cond = silu(cond);
         let last = self.blocks.len() - 1;
         for (layer, block) in self.blocks.iter().enumerate() {
             let cache_use = cache.as_deref_mut().map(|cache| CacheUse { cache, layer });
@@ -270,7 +272,6 @@ pub(crate) mod tests {
     use super::*;
     use crate::checkpoint::tensors::NamedTensors;
     use crate::config::Preset;
-    use crate::diffusion::SamplerKind;
     use crate::diffusion::blockwise::{Generation, Quiet, generate};
     use crate::diffusion::schedule::NoiseSchedule;
     use burn::module::{ModuleVisitor, Param};
@@ -478,10 +479,10 @@ pub(crate) mod tests {
         let run = |kv_cache: bool| {
             let rng = ChaCha8Rng::seed_from_u64(4);
             let generation = Generation {
-                sampler: SamplerKind::DpmSolver2M,
                 steps: 3,
                 cfg,
                 kv_cache,
+                ..Generation::default()
             };
             let noise = |_: usize| {
                 random_tensor(
@@ -600,5 +601,30 @@ pub(crate) mod tests {
             message.contains("blocks.0.attn.qkv.weight") && message.contains("(384, 128)"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn non_finite_weights_are_refused_with_their_name_and_count() {
+        let device = Device::flex();
+        let config = tiny_config(2);
+        let mut tensors = random_model(&config, &device, 7).to_tensors();
+        tensors.get_mut("blocks.1.mlp.fc2.bias").unwrap().data[3] = f32::NAN;
+        let message = Acdit::new(&config, &device)
+            .load_tensors(&tensors)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            message,
+            "checkpoint blocks.1.mlp.fc2.bias: 1 of its 128 values are NaN or infinite"
+        );
+        tensors.get_mut("blocks.1.mlp.fc2.bias").unwrap().data[3] = 0.0;
+        let weight = tensors.get_mut("x_embedder.weight").unwrap();
+        weight.data[0] = f32::INFINITY;
+        weight.data[1] = f32::NEG_INFINITY;
+        let message = Acdit::new(&config, &device)
+            .load_tensors(&tensors)
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("x_embedder.weight: 2 of its"), "{message}");
     }
 }

@@ -92,6 +92,15 @@ impl ModuleMapper for Loader<'_> {
             });
             return param;
         }
+        let non_finite = found.data.iter().filter(|v| !v.is_finite()).count();
+        if non_finite > 0 {
+            self.error = Some(CheckpointError::NonFinite {
+                name,
+                count: non_finite,
+                total: found.data.len(),
+            });
+            return param;
+        }
         let host = to_burn_layout(&name, found);
         let device = param.lazy_device();
         let tensor = Tensor::<D>::from_data(TensorData::new(host.data, ours), &device);

@@ -122,7 +122,6 @@ fn file_safe(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::scratch_dir;
 
     #[test]
     fn to_u8_maps_the_range_ends_and_clamps() {
@@ -154,10 +153,11 @@ mod tests {
 
     #[test]
     fn image_pngs_are_named_by_index_and_class() {
-        let dir = scratch_dir("pngs");
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
         let data = [0.5f32; 3 * 4 * 5];
         let batch = ImageBatch::new(&data, [3, 1, 4, 5]).unwrap();
-        let paths = write_image_pngs(&dir, &batch, &["Ankle boot", "T-shirt/top", "7"]).unwrap();
+        let paths = write_image_pngs(dir, &batch, &["Ankle boot", "T-shirt/top", "7"]).unwrap();
         let files: Vec<_> = paths
             .iter()
             .map(|p| p.file_name().unwrap().to_str().unwrap())
@@ -174,6 +174,5 @@ mod tests {
         assert_eq!((image.width(), image.height()), (5, 4));
         assert_eq!(image.color(), image::ColorType::L8);
         assert_eq!(image.to_luma8().get_pixel(0, 0).0, [to_u8(0.5)]);
-        fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -182,7 +182,6 @@ fn render(batch: &ImageBatch, layout: &GridLayout) -> RgbImage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::scratch_dir;
     use std::fs;
 
     /// `n` black 28x28 grey images.
@@ -192,7 +191,8 @@ mod tests {
 
     #[test]
     fn grid_has_the_expected_size_and_drawn_labels() {
-        let dir = scratch_dir("grid-size");
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
         let path = dir.join("grid.png");
         let data = black_digits(30);
         let batch = ImageBatch::new(&data, [30, 1, 28, 28]).unwrap();
@@ -214,12 +214,12 @@ mod tests {
             assert_eq!(grid.get_pixel(130 + GUTTER, top).0, [0, 0, 0]);
             assert_eq!(grid.get_pixel(130 + GUTTER + 56, top), &PAPER);
         }
-        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn identical_input_gives_identical_bytes() {
-        let dir = scratch_dir("grid-bytes");
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
         let data: Vec<f32> = (0..4 * 3 * 8 * 8)
             .map(|i| (i as f32 * 0.37).sin())
             .collect();
@@ -229,7 +229,6 @@ mod tests {
         write_labeled_grid(&a, &batch, &layout).unwrap();
         write_labeled_grid(&b, &batch, &layout).unwrap();
         assert_eq!(fs::read(a).unwrap(), fs::read(b).unwrap());
-        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

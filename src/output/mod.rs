@@ -16,7 +16,6 @@ pub use grid::{GridLayout, GridRow, write_labeled_grid};
 pub use npz::{NpzSamples, read_npz_u8, write_npz};
 pub use plot::plot_loss_curve;
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use image::{ExtendedColorType, ImageEncoder, codecs::png::PngEncoder};
@@ -66,26 +65,13 @@ impl OutputError {
     }
 }
 
-/// Writes `bytes` to `{path}.tmp` beside `path`, then renames it over `path`:
-/// the rename is atomic within a directory, so readers see the old file or the
-/// whole new one. On failure the temp file is removed.
+/// Writes `bytes` to `path` through [`crate::atomic::write_bytes_atomic`], naming the file in
+/// the error.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OutputError> {
-    let Some(name) = path.file_name() else {
-        return Err(OutputError::invalid(path, "not a file path"));
-    };
-    let mut tmp_name = name.to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    fs::write(&tmp, bytes)
-        .and_then(|()| fs::rename(&tmp, path))
-        .map_err(|source| {
-            // Best effort: the write or rename error is the one worth reporting.
-            let _ = fs::remove_file(&tmp);
-            OutputError::Write {
-                path: path.to_path_buf(),
-                source,
-            }
-        })
+    crate::atomic::write_bytes_atomic(path, bytes).map_err(|source| OutputError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Encodes interleaved 8-bit `pixels` (height, width, channels of `color`) as a
@@ -106,49 +92,16 @@ fn write_png(
     write_atomic(path, &png)
 }
 
-/// A fresh, empty directory under the system temp dir for one test.
-#[cfg(test)]
-fn scratch_dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("acdit-output-{test}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn write_into_missing_directory_names_the_path() {
-        let dir = scratch_dir("missing");
-        let path = dir.join("no-such-dir").join("grid.png");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("no-such-dir").join("grid.png");
         let err = write_atomic(&path, b"x").unwrap_err();
         assert!(err.to_string().contains(&*path.to_string_lossy()), "{err}");
-        assert!(!dir.join("no-such-dir").exists());
-        fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn failed_rename_leaves_no_temp_file() {
-        // The target is a non-empty directory: the temp file is written, the rename fails.
-        let dir = scratch_dir("rename");
-        let path = dir.join("taken.png");
-        fs::create_dir_all(path.join("child")).unwrap();
-        let err = write_atomic(&path, b"x").unwrap_err();
-        assert!(matches!(err, OutputError::Write { .. }), "{err}");
-        assert!(!dir.join("taken.png.tmp").exists());
-        fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn atomic_write_replaces_the_old_file() {
-        let dir = scratch_dir("replace");
-        let path = dir.join("a.bin");
-        write_atomic(&path, b"old").unwrap();
-        write_atomic(&path, b"new").unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"new");
-        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
-        fs::remove_dir_all(dir).unwrap();
+        assert!(!dir.path().join("no-such-dir").exists());
     }
 }

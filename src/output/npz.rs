@@ -198,7 +198,6 @@ fn parse_npy<'a>(bytes: &'a [u8], descr: &str) -> Result<(Vec<usize>, &'a [u8]),
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::scratch_dir;
 
     #[test]
     fn npy_header_matches_what_numpy_writes() {
@@ -220,7 +219,8 @@ mod tests {
 
     #[test]
     fn npz_round_trips_images_and_labels() {
-        let dir = scratch_dir("npz");
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
         let path = dir.join("samples.npz");
         let shape = [3, 4, 5, 3];
         let images: Vec<u8> = (0..3 * 4 * 5 * 3).map(|i| (i * 7 % 256) as u8).collect();
@@ -241,7 +241,6 @@ mod tests {
             .read_to_end(&mut bytes)
             .unwrap();
         assert_eq!(bytes[..128], npy_header("|u1", &shape)[..]);
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

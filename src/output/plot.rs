@@ -266,11 +266,11 @@ fn ema(losses: impl Iterator<Item = f64>, len: usize) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::scratch_dir;
 
     #[test]
     fn loss_plot_is_a_decodable_png_of_fixed_size() {
-        let dir = scratch_dir("plot");
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
         let points: Vec<(u64, f64)> = (0..500)
             .map(|s| {
                 (
@@ -286,7 +286,6 @@ mod tests {
             let image = image::open(&path).unwrap();
             assert_eq!((image.width(), image.height()), SIZE);
         }
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

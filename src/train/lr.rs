@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The learning rate as a function of the step. Every schedule warms up linearly first.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LrSchedule {
     /// Peak rate after warmup.
@@ -12,6 +12,14 @@ pub enum LrSchedule {
     Cosine,
     /// Warmup-stable-decay: the peak until the last `decay_fraction` of training, then linear to 0.
     Wsd,
+}
+
+impl crate::choice::Choice for LrSchedule {
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("constant", LrSchedule::Constant),
+        ("cosine", LrSchedule::Cosine),
+        ("wsd", LrSchedule::Wsd),
+    ];
 }
 
 /// The rate at `step` (0-based) of `total` steps.

@@ -2,6 +2,7 @@
 //! dropout), AdamW with clipping, a learning-rate schedule, EMA, and resumable checkpoints.
 
 pub mod ema;
+pub mod job;
 pub mod lr;
 pub mod optim;
 pub mod run;
@@ -85,18 +86,11 @@ impl TrainConfig {
         }
     }
 
-    /// Reads JSON or TOML (by extension).
+    /// Reads JSON or TOML (by extension) and checks it.
     pub fn from_file(path: &std::path::Path) -> Result<Self, crate::config::ConfigError> {
-        let file_error = |reason: String| crate::config::ConfigError::File {
-            path: path.display().to_string(),
-            reason,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
-        if path.extension().is_some_and(|e| e == "toml") {
-            toml::from_str(&text).map_err(|e| file_error(e.to_string()))
-        } else {
-            serde_json::from_str(&text).map_err(|e| file_error(e.to_string()))
-        }
+        let config: Self = crate::config::read_config_file(path)?;
+        config.validate()?;
+        Ok(config)
     }
 
     pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
@@ -391,7 +385,7 @@ impl Trainer {
 mod tests {
     use super::*;
 
-    fn tiny_run(steps: u64) -> (TrainConfig, ImageDataset) {
+    pub(super) fn tiny_run(steps: u64) -> (TrainConfig, ImageDataset) {
         let mut config = TrainConfig::mnist();
         config.model = ModelConfig::image(1, 8, 2, 2, 64, 1, 3);
         config.model.rope_max_lens = vec![4, 4];
@@ -417,8 +411,8 @@ mod tests {
     fn resume_continues_bit_for_bit() {
         let device = Device::flex().autodiff();
         let (config, dataset) = tiny_run(6);
-        let dir = std::env::temp_dir().join(format!("acdit-resume-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
         let (start, middle) = (
             dir.join("start.safetensors"),
             dir.join("middle.safetensors"),
@@ -448,7 +442,6 @@ mod tests {
             resumed.train_step(&dataset).unwrap();
         }
         let initial = Checkpoint::load(&start).unwrap().model;
-        std::fs::remove_dir_all(&dir).unwrap();
         let (a, b) = (straight.checkpoint(), resumed.checkpoint());
         assert_ne!(a.model, initial, "training changed nothing");
         assert_eq!(a.model, b.model, "weights differ after resume");

@@ -14,12 +14,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::Trainer;
 use crate::checkpoint::tensors::write_safetensors_atomic;
 use crate::data::ImageDataset;
-use crate::diffusion::SamplerKind;
-use crate::diffusion::blockwise::{DEFAULT_GUIDANCE, Generation, Quiet};
+use crate::diffusion::blockwise::{Generation, Quiet};
 use crate::output::{GridLayout, ImageBatch, plot_loss_curve, write_labeled_grid};
 use crate::sampling::sample_images;
 
-/// Where a run writes: `checkpoint.safetensors`, `ema.safetensors`, `metrics.jsonl`,
+/// Where a run writes: `checkpoint.safetensors`, `ema.safetensors` and its `config.json`,
+/// `metrics.jsonl`,
 /// `samples/step-N.png`, `loss.png`.
 pub struct RunDir(pub PathBuf);
 
@@ -29,6 +29,10 @@ impl RunDir {
     }
     pub fn ema(&self) -> PathBuf {
         self.0.join("ema.safetensors")
+    }
+    /// The EMA weights' model config, as `config.json` beside them.
+    pub fn model_config(&self) -> PathBuf {
+        self.0.join("config.json")
     }
     fn metrics(&self) -> PathBuf {
         self.0.join("metrics.jsonl")
@@ -142,7 +146,8 @@ pub fn run(trainer: &mut Trainer, dataset: &ImageDataset, dir: &RunDir) -> Resul
     Ok(())
 }
 
-/// Writes the full checkpoint and the EMA weights alone (what `acdit sample` loads).
+/// Writes the full checkpoint, the EMA weights alone (what `acdit sample` loads) and their model
+/// config.
 fn save(trainer: &Trainer, dir: &RunDir, dataset: &ImageDataset) -> Result<()> {
     trainer.checkpoint().save(&dir.checkpoint())?;
     let metadata = std::collections::BTreeMap::from([
@@ -157,6 +162,10 @@ fn save(trainer: &Trainer, dir: &RunDir, dataset: &ImageDataset) -> Result<()> {
         ("step".to_string(), trainer.step.to_string()),
     ]);
     write_safetensors_atomic(&dir.ema(), &trainer.ema_tensors(), Some(metadata))?;
+    // Beside the weights, as in a hub model folder: what the weights are without opening them.
+    let config = serde_json::to_string_pretty(&trainer.config.model)?;
+    crate::atomic::write_bytes_atomic(&dir.model_config(), config.as_bytes())
+        .with_context(|| format!("writing {}", dir.model_config().display()))?;
     Ok(())
 }
 
@@ -168,12 +177,7 @@ fn write_sample_grid(trainer: &Trainer, dataset: &ImageDataset, path: &Path) -> 
     let labels: Vec<i64> = (0..config.num_classes as i64)
         .flat_map(|c| std::iter::repeat_n(c, PER_CLASS))
         .collect();
-    let generation = Generation {
-        sampler: SamplerKind::DpmSolver2M,
-        steps: 25,
-        cfg: DEFAULT_GUIDANCE,
-        kv_cache: true,
-    };
+    let generation = Generation::default();
     let pixels = sample_images(model, &labels, &generation, 0, labels.len(), &mut Quiet);
     let shape = [
         labels.len(),

@@ -1,0 +1,23 @@
+//! What the tests share: where the reference's conformance vectors live.
+
+use std::path::PathBuf;
+
+/// The conformance vectors: `$ACDIT_CONFORMANCE` if set, else the copy in the repository
+/// (`tests/data/conformance`). Panics, naming the folder, when it is missing: the tests that read
+/// it would otherwise fail with a bare "No such file or directory".
+pub fn conformance_dir() -> PathBuf {
+    let dir = std::env::var_os("ACDIT_CONFORMANCE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/data/conformance"
+            ))
+        });
+    assert!(
+        dir.is_dir(),
+        "conformance vectors not found at {}: set ACDIT_CONFORMANCE to their folder",
+        dir.display()
+    );
+    dir
+}

@@ -1,0 +1,377 @@
+//! `acdit train` as a library job: the recipe (a preset, a config file, or a checkpoint to
+//! resume) with the user's overrides, the dataset it names, and the run.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::prelude::Device;
+
+use super::lr::LrSchedule;
+use super::run::{RunDir, run};
+use super::state::Checkpoint;
+use super::{TrainConfig, Trainer};
+use crate::data::ImageDataset;
+use crate::data::idx::{DatasetKind, Split, embedded_mnist, load_mnist_dir, mnist_files};
+use crate::data::image_folder::load_image_folder;
+
+/// A training recipe by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrainPreset {
+    Mnist,
+    FashionMnist,
+}
+
+impl crate::choice::Choice for TrainPreset {
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("mnist", TrainPreset::Mnist),
+        ("fashion-mnist", TrainPreset::FashionMnist),
+    ];
+}
+
+impl TrainPreset {
+    pub fn config(self) -> TrainConfig {
+        match self {
+            TrainPreset::Mnist => TrainConfig::mnist(),
+            TrainPreset::FashionMnist => TrainConfig::fashion_mnist(),
+        }
+    }
+
+    fn dataset(self) -> DatasetKind {
+        match self {
+            TrainPreset::Mnist => DatasetKind::Mnist,
+            TrainPreset::FashionMnist => DatasetKind::FashionMnist,
+        }
+    }
+
+    /// Where `acdit data fetch` puts this preset's dataset.
+    fn fetched_dir(self) -> &'static Path {
+        match self {
+            TrainPreset::Mnist => Path::new("data/mnist"),
+            TrainPreset::FashionMnist => Path::new("data/fashion-mnist"),
+        }
+    }
+}
+
+/// Settings the user gave over the recipe's. `grad_clip` of 0 turns clipping off.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOverrides {
+    pub steps: Option<u64>,
+    pub batch_size: Option<usize>,
+    pub lr: Option<f64>,
+    pub lr_schedule: Option<LrSchedule>,
+    pub warmup_steps: Option<u64>,
+    pub grad_clip: Option<f64>,
+    pub ema_decay: Option<f64>,
+    pub seed: Option<u64>,
+    pub checkpoint_every: Option<u64>,
+    pub sample_every: Option<u64>,
+}
+
+impl TrainOverrides {
+    fn apply(&self, config: &mut TrainConfig) {
+        let set = |target: &mut u64, value: Option<u64>| {
+            if let Some(v) = value {
+                *target = v;
+            }
+        };
+        set(&mut config.steps, self.steps);
+        set(&mut config.warmup_steps, self.warmup_steps);
+        set(&mut config.seed, self.seed);
+        set(&mut config.checkpoint_every, self.checkpoint_every);
+        set(&mut config.sample_every, self.sample_every);
+        if let Some(v) = self.batch_size {
+            config.batch_size = v;
+        }
+        if let Some(v) = self.lr {
+            config.lr = v;
+        }
+        if let Some(v) = self.lr_schedule {
+            config.lr_schedule = v;
+        }
+        if let Some(v) = self.grad_clip {
+            config.grad_clip = (v > 0.0).then_some(v);
+        }
+        if let Some(v) = self.ema_decay {
+            config.ema_decay = v;
+        }
+    }
+
+    /// The overrides besides `steps`, by flag name: a resumed run keeps everything that shapes
+    /// its numbers, so these would be silently ignored.
+    fn fixed_by_resume(&self) -> Vec<&'static str> {
+        [
+            ("--batch-size", self.batch_size.is_some()),
+            ("--lr", self.lr.is_some()),
+            ("--lr-schedule", self.lr_schedule.is_some()),
+            ("--warmup-steps", self.warmup_steps.is_some()),
+            ("--grad-clip", self.grad_clip.is_some()),
+            ("--ema-decay", self.ema_decay.is_some()),
+            ("--seed", self.seed.is_some()),
+            ("--checkpoint-every", self.checkpoint_every.is_some()),
+            ("--sample-every", self.sample_every.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given)| given.then_some(flag))
+        .collect()
+    }
+}
+
+/// What `acdit train` was asked for.
+#[derive(Debug, Clone)]
+pub struct TrainJob {
+    pub preset: TrainPreset,
+    /// A training config (JSON or TOML) instead of the preset's.
+    pub config_file: Option<PathBuf>,
+    /// IDX files or a folder of class subfolders; default: the preset's fetched dataset, else
+    /// the MNIST subset built into the binary.
+    pub data: Option<PathBuf>,
+    /// A checkpoint to continue from.
+    pub resume: Option<PathBuf>,
+    /// The run folder; default `runs/<preset>`.
+    pub out: Option<PathBuf>,
+    pub overrides: TrainOverrides,
+}
+
+/// The config a job resolves to, with the checkpoint it resumes.
+pub struct ResolvedTraining {
+    pub config: TrainConfig,
+    pub resumed: Option<Checkpoint>,
+}
+
+impl TrainJob {
+    /// The run folder.
+    pub fn out_dir(&self) -> PathBuf {
+        use crate::choice::Choice;
+        self.out
+            .clone()
+            .unwrap_or_else(|| Path::new("runs").join(self.preset.name()))
+    }
+
+    /// The config the run will use: the preset or config file with the overrides, or the resumed
+    /// checkpoint's (extended by `steps`). Refuses a resume that has nothing left to do.
+    pub fn resolve(&self) -> Result<ResolvedTraining> {
+        let Some(path) = &self.resume else {
+            let mut config = match &self.config_file {
+                Some(path) => TrainConfig::from_file(path)?,
+                None => self.preset.config(),
+            };
+            self.overrides.apply(&mut config);
+            config.validate()?;
+            return Ok(ResolvedTraining {
+                config,
+                resumed: None,
+            });
+        };
+        let fixed = self.overrides.fixed_by_resume();
+        if !fixed.is_empty() || self.config_file.is_some() {
+            bail!(
+                "a resumed run keeps its config: only --steps may change it (given: {})",
+                if fixed.is_empty() {
+                    "--config".to_string()
+                } else {
+                    fixed.join(", ")
+                }
+            );
+        }
+        let checkpoint = Checkpoint::load(path)?;
+        let mut config = checkpoint.config.clone();
+        if let Some(steps) = self.overrides.steps {
+            config.steps = steps;
+        }
+        let at = checkpoint.progress.step;
+        if config.steps <= at {
+            bail!(
+                "{} is already at step {at} of {}: nothing to train. Pass --steps N with N above \
+                 {at} to extend the run",
+                path.display(),
+                config.steps
+            );
+        }
+        config.validate()?;
+        Ok(ResolvedTraining {
+            config,
+            resumed: Some(checkpoint),
+        })
+    }
+
+    /// Trains: loads the data, builds or resumes the trainer, and runs to the last step.
+    pub fn run(&self, device: &Device) -> Result<()> {
+        let ResolvedTraining { config, resumed } = self.resolve()?;
+        let dataset = self.load_dataset(&config)?;
+        let mut trainer = match resumed {
+            Some(mut checkpoint) => {
+                checkpoint.config = config;
+                Trainer::resume(checkpoint, dataset.n, device)?
+            }
+            None => Trainer::new(config, dataset.n, device),
+        };
+        println!(
+            "training on {} images of {}x{}, {} classes; {} parameters",
+            dataset.n,
+            dataset.height,
+            dataset.width,
+            dataset.num_classes,
+            burn::module::Module::num_params(&trainer.model)
+        );
+        run(&mut trainer, &dataset, &RunDir(self.out_dir()))
+    }
+
+    /// The dataset, centred to the model's frame and checked against the model.
+    fn load_dataset(&self, config: &TrainConfig) -> Result<ImageDataset> {
+        let mut dataset = self.find_dataset(config)?;
+        dataset.validate()?;
+        let size = config.model.img_hw;
+        if dataset.channels == config.model.in_channels
+            && (dataset.height, dataset.width) != (size, size)
+        {
+            eprintln!(
+                "{}x{} images centred in {size}x{size} for the model",
+                dataset.height, dataset.width
+            );
+            dataset = dataset.centred(size);
+        }
+        check_dataset_fits(config, &dataset)?;
+        Ok(dataset)
+    }
+
+    /// The explicit path, else the preset's fetched dataset under data/, else the built-in subset.
+    fn find_dataset(&self, config: &TrainConfig) -> Result<ImageDataset> {
+        let kind = self.preset.dataset();
+        if let Some(path) = &self.data {
+            let is_idx = mnist_files(path, Split::Train).is_ok();
+            return Ok(if is_idx {
+                load_mnist_dir(path, kind, Split::Train)?
+            } else {
+                load_image_folder(
+                    path,
+                    Some(config.model.img_hw as u32),
+                    config.model.in_channels,
+                )
+                .with_context(|| format!("reading training images from {}", path.display()))?
+            });
+        }
+        let fetched = self.preset.fetched_dir();
+        if mnist_files(fetched, Split::Train).is_ok() {
+            return Ok(load_mnist_dir(fetched, kind, Split::Train)?);
+        }
+        match self.preset {
+            TrainPreset::Mnist => {
+                println!(
+                    "data/mnist not found: using the built-in MNIST subset (`acdit data fetch mnist` gets all 60,000)"
+                );
+                Ok(embedded_mnist(Split::Train))
+            }
+            TrainPreset::FashionMnist => bail!(
+                "data/fashion-mnist not found: run `acdit data fetch fashion-mnist` or pass --data"
+            ),
+        }
+    }
+}
+
+fn check_dataset_fits(config: &TrainConfig, dataset: &ImageDataset) -> Result<()> {
+    let model = &config.model;
+    if (dataset.channels, dataset.height, dataset.width)
+        != (model.in_channels, model.img_hw, model.img_hw)
+    {
+        bail!(
+            "the dataset's images are {}x{}x{} but the model takes {}x{}x{}",
+            dataset.channels,
+            dataset.height,
+            dataset.width,
+            model.in_channels,
+            model.img_hw,
+            model.img_hw
+        );
+    }
+    if dataset.num_classes > model.num_classes {
+        bail!(
+            "the dataset has {} classes but the model only {}",
+            dataset.num_classes,
+            model.num_classes
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A checkpoint of a tiny run that has finished its 3 steps.
+    fn finished_checkpoint(dir: &Path) -> PathBuf {
+        let (config, dataset) = crate::train::tests::tiny_run(3);
+        let mut trainer = Trainer::new(config, dataset.n, &Device::flex().autodiff());
+        for _ in 0..3 {
+            trainer.train_step(&dataset).unwrap();
+        }
+        let path = dir.join("checkpoint.safetensors");
+        trainer.checkpoint().save(&path).unwrap();
+        path
+    }
+
+    fn resume_job(checkpoint: PathBuf, out: PathBuf, overrides: TrainOverrides) -> TrainJob {
+        TrainJob {
+            preset: TrainPreset::Mnist,
+            config_file: None,
+            data: None,
+            resume: Some(checkpoint),
+            out: Some(out),
+            overrides,
+        }
+    }
+
+    #[test]
+    fn resuming_a_finished_run_says_so_and_touches_nothing() {
+        let temp = tempfile::tempdir().unwrap();
+        let checkpoint = finished_checkpoint(temp.path());
+        let out = temp.path().join("run");
+        for steps in [None, Some(2), Some(3)] {
+            let overrides = TrainOverrides {
+                steps,
+                ..TrainOverrides::default()
+            };
+            let job = resume_job(checkpoint.clone(), out.clone(), overrides);
+            let message = job.run(&Device::flex().autodiff()).unwrap_err().to_string();
+            assert!(
+                message.contains("already at step 3 of") && message.contains("--steps N"),
+                "{message}"
+            );
+            assert!(!out.exists(), "the run folder was created");
+        }
+        let extended = TrainOverrides {
+            steps: Some(5),
+            ..TrainOverrides::default()
+        };
+        let resolved = resume_job(checkpoint, out, extended).resolve().unwrap();
+        assert_eq!(resolved.config.steps, 5);
+    }
+
+    #[test]
+    fn settings_a_resume_would_ignore_are_refused() {
+        let temp = tempfile::tempdir().unwrap();
+        let checkpoint = finished_checkpoint(temp.path());
+        let overrides = TrainOverrides {
+            steps: Some(10),
+            lr: Some(1e-3),
+            ..TrainOverrides::default()
+        };
+        let job = resume_job(checkpoint, temp.path().join("run"), overrides);
+        let message = job.resolve().err().unwrap().to_string();
+        assert!(message.contains("--lr"), "{message}");
+    }
+
+    #[test]
+    fn the_run_folder_defaults_to_the_preset_name() {
+        let job = TrainJob {
+            preset: TrainPreset::FashionMnist,
+            config_file: None,
+            data: None,
+            resume: None,
+            out: None,
+            overrides: TrainOverrides::default(),
+        };
+        assert_eq!(job.out_dir(), Path::new("runs/fashion-mnist"));
+        let resolved = job.resolve().unwrap();
+        assert_eq!(resolved.config, TrainConfig::fashion_mnist());
+    }
+}

@@ -1,0 +1,87 @@
+//! The built `acdit` binary as a user runs it.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn acdit(dir: &Path, binary: &Path, args: &[&str]) -> Output {
+    Command::new(binary)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("CARGO_MANIFEST_DIR")
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// The binary copied on its own into a fresh folder, and run from there: the built-in model
+/// must come from inside the binary, not from the source tree it was built in.
+#[test]
+fn the_binary_alone_samples_the_built_in_model() {
+    let temp = tempfile::tempdir().unwrap();
+    let binary = temp.path().join("acdit");
+    std::fs::copy(env!("CARGO_BIN_EXE_acdit"), &binary).unwrap();
+    let args = [
+        "sample",
+        "--classes",
+        "3,7",
+        "--per-class",
+        "1",
+        "--steps",
+        "2",
+    ];
+    let output = acdit(temp.path(), &binary, &args);
+    assert!(output.status.success(), "{}", text(&output));
+    let png = std::fs::read(temp.path().join("samples.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"));
+}
+
+#[test]
+fn print_config_writes_the_resolved_config_as_toml() {
+    let temp = tempfile::tempdir().unwrap();
+    let binary = Path::new(env!("CARGO_BIN_EXE_acdit"));
+    let args = [
+        "train",
+        "--preset",
+        "fashion-mnist",
+        "--steps",
+        "7",
+        "--print-config",
+    ];
+    let output = acdit(temp.path(), binary, &args);
+    assert!(output.status.success(), "{}", text(&output));
+    let config: acdit::train::TrainConfig =
+        toml::from_str(&String::from_utf8_lossy(&output.stdout)).unwrap();
+    let mut expected = acdit::train::TrainConfig::fashion_mnist();
+    expected.steps = 7;
+    assert_eq!(config, expected);
+    assert_eq!(std::fs::read_dir(temp.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn help_shows_what_each_preset_sets_and_the_guidance_alias() {
+    let temp = tempfile::tempdir().unwrap();
+    let binary = Path::new(env!("CARGO_BIN_EXE_acdit"));
+    let help = text(&acdit(temp.path(), binary, &["train", "--help"]));
+    assert!(
+        help.contains("[presets: mnist 9000, fashion-mnist 5000]"),
+        "{help}"
+    );
+    let output = acdit(
+        temp.path(),
+        binary,
+        &["sample", "--guidance-scale", "2", "--classes", "12"],
+    );
+    assert!(!output.status.success());
+    assert!(
+        text(&output).contains("class 12 is out of range"),
+        "{}",
+        text(&output)
+    );
+}
