@@ -1,7 +1,8 @@
 //! `acdit bench`: speed at the benchmark configuration (28x28 one-channel images, patch 2, 4
 //! blocks of 7x7 tokens, hidden 256, depth 6, 4 heads, 10 classes): training tokens/s and peak
 //! memory at batch 16 with AdamW, and sampling images/s for 16 images, 25 DPM-Solver++ steps,
-//! guidance 1.5, with the KV cache, without it, and as full-sequence diffusion.
+//! guidance 1.5, with the KV cache, without it, and as full-sequence diffusion. `acdit bench video`
+//! measures the same at the Moving MNIST preset, sampling in frames/s.
 
 use std::time::Instant;
 
@@ -23,6 +24,8 @@ pub enum BenchPart {
     All,
     Train,
     Sample,
+    /// The Moving MNIST preset: training, and frames/s of the three ways to sample.
+    Video,
 }
 
 impl crate::choice::Choice for BenchPart {
@@ -30,6 +33,7 @@ impl crate::choice::Choice for BenchPart {
         ("all", BenchPart::All),
         ("train", BenchPart::Train),
         ("sample", BenchPart::Sample),
+        ("video", BenchPart::Video),
     ];
 }
 
@@ -52,32 +56,34 @@ pub fn peak_memory_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// A dataset of random 28x28 images, enough to feed the training benchmark.
-fn random_dataset(n: usize) -> ImageDataset {
+/// Random items (images or clips) of `config`'s shape, enough to feed the training benchmark.
+/// Clips are stored as one tall image of all their frames: the trainer reads values, not shapes.
+fn random_dataset(config: &ModelConfig, n: usize) -> ImageDataset {
     let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let (side, frames) = (config.img_hw, config.temporal_len);
     ImageDataset {
-        images: (0..n * 28 * 28)
+        images: (0..n * frames * side * side * config.in_channels)
             .map(|_| rng.random_range(-1.0..1.0))
             .collect(),
         labels: (0..n).map(|i| (i % 10) as u32).collect(),
         n,
-        channels: 1,
-        height: 28,
-        width: 28,
+        channels: config.in_channels,
+        height: frames * side,
+        width: side,
         num_classes: 10,
         class_names: (0..10).map(|c| c.to_string()).collect(),
     }
 }
 
-/// Training tokens/s at batch 16, counting the clean + noisy tokens of the reference's step
-/// (2 x seq_len per image; ours leaves out the last clean block, which cannot change the loss).
-pub fn bench_train(device: &Device, steps: u64) -> Result<f64> {
-    let mut config = TrainConfig::mnist();
-    config.model = ModelConfig::bench_mnist();
+/// Training tokens/s of `config` at batch 16, counting the clean + noisy tokens of the
+/// reference's step (2 x seq_len an item; ours leaves out the last clean block, which cannot
+/// change the loss).
+pub fn bench_train(train: TrainConfig, device: &Device, steps: u64) -> Result<f64> {
+    let mut config = train;
     config.batch_size = 16;
     config.steps = steps + 2;
     config.warmup_steps = 0;
-    let dataset = random_dataset(256);
+    let dataset = random_dataset(&config.model, 256);
     let mut trainer = Trainer::new(config, dataset.n, &device.clone().autodiff());
     for _ in 0..2 {
         trainer.train_step(&dataset)?;
@@ -91,8 +97,8 @@ pub fn bench_train(device: &Device, steps: u64) -> Result<f64> {
     Ok(tokens / seconds)
 }
 
-/// Images/s sampling 16 images of `config` with guidance 1.5 and 25 DPM-Solver++ steps, as two
-/// batches of 8 side by side (as `acdit sample` runs its batches).
+/// Items/s (images or clips) sampling 16 of `config` with guidance 1.5 and 25 DPM-Solver++ steps,
+/// as two batches of 8 side by side (as `acdit sample` runs its batches).
 pub fn bench_sample(config: &ModelConfig, kv_cache: bool, device: &Device, rounds: usize) -> f64 {
     let model = Acdit::new(config, device);
     let labels: Vec<i64> = (0..16).map(|i| i % 10).collect();
@@ -109,6 +115,9 @@ pub fn bench_sample(config: &ModelConfig, kv_cache: bool, device: &Device, round
 }
 
 pub fn run(job: &BenchJob) -> Result<()> {
+    if job.part == BenchPart::Video {
+        return bench_video(job);
+    }
     let device = &job.device;
     let config = ModelConfig::bench_mnist();
     println!(
@@ -124,7 +133,9 @@ pub fn run(job: &BenchJob) -> Result<()> {
         device
     );
     if matches!(job.part, BenchPart::All | BenchPart::Train) {
-        let tokens_per_s = bench_train(device, job.train_steps)?;
+        let mut train = TrainConfig::mnist();
+        train.model = config.clone();
+        let tokens_per_s = bench_train(train, device, job.train_steps)?;
         println!(
             "train: {tokens_per_s:.0} tokens/s (clean + noisy as the reference counts them, batch 16, AdamW)"
         );
@@ -149,5 +160,46 @@ pub fn run(job: &BenchJob) -> Result<()> {
             full_sequence / cached
         );
     }
+    Ok(())
+}
+
+/// The Moving MNIST preset: training tokens/s, and sampling frames/s through the KV cache,
+/// recomputing the prefix, and as full-sequence diffusion (one block of every frame).
+fn bench_video(job: &BenchJob) -> Result<()> {
+    let device = &job.device;
+    let train = TrainConfig::moving_mnist();
+    let config = train.model.clone();
+    println!(
+        "video model (moving-mnist preset): {} frames of {}x{}, patch {}, {} blocks of {} frames, hidden {}, depth {}",
+        config.temporal_len,
+        config.img_hw,
+        config.img_hw,
+        config.patch_size,
+        config.ar_len,
+        config.frames_per_block(),
+        config.hidden_size,
+        config.depth
+    );
+    let tokens_per_s = bench_train(train, device, job.train_steps)?;
+    println!(
+        "video train: {tokens_per_s:.0} tokens/s, {:.2} s a step of 16 clips",
+        16.0 * 2.0 * config.seq_len() as f64 / tokens_per_s
+    );
+    let frames = config.temporal_len as f64;
+    let cached = frames * bench_sample(&config, true, device, job.sample_rounds);
+    let recomputed = frames * bench_sample(&config, false, device, job.sample_rounds);
+    let mut full = config.clone();
+    full.block_size = config.seq_len();
+    full.ar_len = 1;
+    let full_sequence = frames * bench_sample(&full, true, device, job.sample_rounds);
+    println!("video sample: {cached:.2} frames/s with KV cache");
+    println!(
+        "video sample: {recomputed:.2} frames/s without KV cache (cache speed-up {:.2}x)",
+        cached / recomputed
+    );
+    println!(
+        "video sample: {full_sequence:.2} frames/s as full-sequence diffusion (ratio to cached ACDiT {:.2}x)",
+        full_sequence / cached
+    );
     Ok(())
 }

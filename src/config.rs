@@ -115,6 +115,22 @@ impl Preset {
     }
 }
 
+/// The shape of a video model, for [`ModelConfig::video`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VideoShape {
+    pub channels: usize,
+    /// Pixel height and width of a frame.
+    pub frame_size: usize,
+    pub patch: usize,
+    /// Frames of a whole clip (the trained length).
+    pub frames: usize,
+    /// Frames in one autoregressive block.
+    pub frames_per_block: usize,
+    pub hidden: usize,
+    pub depth: usize,
+    pub num_classes: usize,
+}
+
 /// The RoPE base the reference derives from an axis length.
 pub fn auto_rope_base(len: usize) -> f64 {
     let scaled = (8.0 * len as f64 / std::f64::consts::PI) as usize;
@@ -173,6 +189,41 @@ impl ModelConfig {
             rms_eps: default_rms_eps(),
             mlp_ratio: default_mlp_ratio(),
         }
+    }
+
+    /// A video model: blocks of whole frames, 3D RoPE over (frame, row, column) with the head
+    /// split 2:3:3 as in the reference (16/24/24 of 64).
+    pub fn video(shape: &VideoShape) -> Self {
+        let side = shape.frame_size / shape.patch;
+        let head_dim = 64;
+        let rope_max_lens = vec![shape.frames, side, side];
+        Self {
+            patch_size: shape.patch,
+            in_channels: shape.channels,
+            latent_size: shape.channels * shape.patch * shape.patch,
+            block_size: shape.frames_per_block * side * side,
+            hidden_size: shape.hidden,
+            depth: shape.depth,
+            num_heads: shape.hidden / head_dim,
+            num_classes: shape.num_classes,
+            ar_len: shape.frames / shape.frames_per_block,
+            temporal_len: shape.frames,
+            spatial_len: side * side,
+            square_block: false,
+            img_hw: shape.frame_size,
+            head_dim,
+            rope_bases: rope_max_lens.iter().map(|&l| auto_rope_base(l)).collect(),
+            rope_split_dims: vec![16, 24, 24],
+            rope_max_lens,
+            class_dropout_prob: default_class_dropout(),
+            rms_eps: default_rms_eps(),
+            mlp_ratio: default_mlp_ratio(),
+        }
+    }
+
+    /// Frames in one block (video), 1 for images.
+    pub fn frames_per_block(&self) -> usize {
+        (self.block_size / self.spatial_len).max(1)
     }
 
     /// The ImageNet-256 setting of the paper for a preset: SD-VAE latents 32x32x4, patch 1,

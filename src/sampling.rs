@@ -273,24 +273,13 @@ pub fn run_job(sampling: &SamplingModel, job: &SampleJob) -> anyhow::Result<()> 
         },
     );
     bar.finish_and_clear();
-    let shape = [
-        labels.len(),
-        config.in_channels,
-        config.img_hw,
-        config.img_hw * config.temporal_len,
-    ];
-    let pixels = frames_side_by_side(config, &pixels, labels.len());
-    let batch = ImageBatch::new(&pixels, shape)?;
     let class_names = &sampling.class_names;
-    let names: Vec<&str> = classes
+    let names: Vec<&str> = labels
         .iter()
         .map(|&c| class_names[c as usize].as_str())
         .collect();
-    write_labeled_grid(
-        &job.grid,
-        &batch,
-        &GridLayout::per_class(&names, job.per_class),
-    )?;
+    let (batch, layout) = sample_grid(config, &pixels, &names, job.per_class)?;
+    write_labeled_grid(&job.grid, &batch, &layout)?;
     println!(
         "{} images in {:.1}s -> {}",
         labels.len(),
@@ -298,12 +287,8 @@ pub fn run_job(sampling: &SamplingModel, job: &SampleJob) -> anyhow::Result<()> 
         job.grid.display()
     );
     if let Some(dir) = &job.out_dir {
-        let label_names: Vec<&str> = labels
-            .iter()
-            .map(|&c| class_names[c as usize].as_str())
-            .collect();
-        write_image_pngs(dir, &batch, &label_names)?;
-        let [n, c, h, w] = shape;
+        write_image_pngs(dir, &batch, &names)?;
+        let [n, c, h, w] = batch.shape();
         write_npz(
             &dir.join("samples.npz"),
             &batch.to_u8_nhwc(),
@@ -315,26 +300,29 @@ pub fn run_job(sampling: &SamplingModel, job: &SampleJob) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Video frames (n, frames, c, h, w) laid left to right as one wide picture (n, c, h, frames * w);
-/// images pass through.
-fn frames_side_by_side(config: &crate::config::ModelConfig, pixels: &[f32], n: usize) -> Vec<f32> {
-    let (frames, c, hw) = (config.temporal_len, config.in_channels, config.img_hw);
-    if frames == 1 {
-        return pixels.to_vec();
-    }
-    let mut out = vec![0.0; pixels.len()];
-    for item in 0..n {
-        for f in 0..frames {
-            for ch in 0..c {
-                for y in 0..hw {
-                    let src = (((item * frames + f) * c + ch) * hw + y) * hw;
-                    let dst = ((item * c + ch) * hw + y) * frames * hw + f * hw;
-                    out[dst..dst + hw].copy_from_slice(&pixels[src..src + hw]);
-                }
-            }
-        }
-    }
-    out
+/// The sample grid of `pixels` (n, frames, c, h, w), whose item k is of class `names[k]`: for
+/// images one row per class of `per_class` images, for video one row per clip, a column a frame.
+pub fn sample_grid<'a>(
+    config: &crate::config::ModelConfig,
+    pixels: &'a [f32],
+    names: &[&str],
+    per_class: usize,
+) -> anyhow::Result<(ImageBatch<'a>, GridLayout)> {
+    let frames = config.temporal_len;
+    let shape = [
+        names.len() * frames,
+        config.in_channels,
+        config.img_hw,
+        config.img_hw,
+    ];
+    let batch = ImageBatch::new(pixels, shape)?;
+    let layout = if frames == 1 {
+        let rows: Vec<&str> = names.iter().copied().step_by(per_class).collect();
+        GridLayout::per_class(&rows, per_class)
+    } else {
+        GridLayout::clips(names, frames)
+    };
+    Ok((batch, layout))
 }
 
 #[cfg(test)]

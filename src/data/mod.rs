@@ -137,6 +137,33 @@ impl ImageDataset {
     }
 }
 
+/// What training draws its batches from: `epoch_len()` labelled items an epoch, each (frames, channels,
+/// height, width) values in [-1, 1] (one frame for images). An item may depend on the epoch as
+/// well as its index, so that generated data never repeats while a resumed run still sees exactly
+/// what it would have.
+pub trait TrainingSet: Sync {
+    /// Items in one epoch.
+    fn epoch_len(&self) -> usize;
+    /// Item `index` of `epoch`: its values and its label.
+    fn item(&self, epoch: u64, index: usize) -> (Vec<f32>, u32);
+    /// The name of each class.
+    fn class_names(&self) -> &[String];
+}
+
+impl TrainingSet for ImageDataset {
+    fn epoch_len(&self) -> usize {
+        self.n
+    }
+
+    fn item(&self, _epoch: u64, index: usize) -> (Vec<f32>, u32) {
+        (self.image(index).to_vec(), self.labels[index])
+    }
+
+    fn class_names(&self) -> &[String] {
+        &self.class_names
+    }
+}
+
 /// Why a dataset could not be loaded; each message names the file or folder.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {

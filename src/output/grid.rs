@@ -51,6 +51,12 @@ impl GridLayout {
         Self { title: None, rows }
     }
 
+    /// One row for each video clip, its frames left to right: images
+    /// `k * frames..(k + 1) * frames` are the frames of clip `k`, labelled `labels[k]`.
+    pub fn clips<S: AsRef<str>>(labels: &[S], frames: usize) -> Self {
+        Self::per_class(labels, frames)
+    }
+
     pub fn with_title(mut self, title: impl Into<String>) -> Self {
         self.title = Some(title.into());
         self

@@ -13,10 +13,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::Trainer;
 use crate::checkpoint::tensors::write_safetensors_atomic;
-use crate::data::ImageDataset;
+use crate::data::TrainingSet;
 use crate::diffusion::blockwise::{Generation, Quiet};
-use crate::output::{GridLayout, ImageBatch, plot_loss_curve, write_labeled_grid};
-use crate::sampling::sample_images;
+use crate::output::{plot_loss_curve, write_labeled_grid};
+use crate::sampling::{sample_grid, sample_images};
 
 /// Where a run writes: `checkpoint.safetensors`, `ema.safetensors` and its `config.json`,
 /// `metrics.jsonl`,
@@ -46,7 +46,7 @@ impl RunDir {
 }
 
 /// Trains until the configured step count or Ctrl-C, writing everything under `dir`.
-pub fn run(trainer: &mut Trainer, dataset: &ImageDataset, dir: &RunDir) -> Result<()> {
+pub fn run(trainer: &mut Trainer, dataset: &dyn TrainingSet, dir: &RunDir) -> Result<()> {
     std::fs::create_dir_all(dir.0.join("samples"))
         .with_context(|| format!("creating run folder {}", dir.0.display()))?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -148,7 +148,7 @@ pub fn run(trainer: &mut Trainer, dataset: &ImageDataset, dir: &RunDir) -> Resul
 
 /// Writes the full checkpoint, the EMA weights alone (what `acdit sample` loads) and their model
 /// config.
-fn save(trainer: &Trainer, dir: &RunDir, dataset: &ImageDataset) -> Result<()> {
+fn save(trainer: &Trainer, dir: &RunDir, dataset: &dyn TrainingSet) -> Result<()> {
     trainer.checkpoint().save(&dir.checkpoint())?;
     let metadata = std::collections::BTreeMap::from([
         (
@@ -157,7 +157,7 @@ fn save(trainer: &Trainer, dir: &RunDir, dataset: &ImageDataset) -> Result<()> {
         ),
         (
             "class_names".to_string(),
-            serde_json::to_string(&dataset.class_names)?,
+            serde_json::to_string(dataset.class_names())?,
         ),
         ("step".to_string(), trainer.step.to_string()),
     ]);
@@ -169,25 +169,30 @@ fn save(trainer: &Trainer, dir: &RunDir, dataset: &ImageDataset) -> Result<()> {
     Ok(())
 }
 
-/// A grid of EMA samples, one row per class.
-fn write_sample_grid(trainer: &Trainer, dataset: &ImageDataset, path: &Path) -> Result<()> {
-    const PER_CLASS: usize = 8;
+/// A grid of EMA samples: for images a row of 8 per class, for video one clip per class.
+fn write_sample_grid(trainer: &Trainer, dataset: &dyn TrainingSet, path: &Path) -> Result<()> {
     let model = &trainer.ema.model;
     let config = model.config();
+    let per_class = if config.temporal_len == 1 { 8 } else { 1 };
     let labels: Vec<i64> = (0..config.num_classes as i64)
-        .flat_map(|c| std::iter::repeat_n(c, PER_CLASS))
+        .flat_map(|c| std::iter::repeat_n(c, per_class))
         .collect();
-    let generation = Generation::default();
-    let pixels = sample_images(model, &labels, &generation, 0, labels.len(), &mut Quiet);
-    let shape = [
+    let pixels = sample_images(
+        model,
+        &labels,
+        &Generation::default(),
+        0,
         labels.len(),
-        config.in_channels,
-        config.img_hw,
-        config.img_hw,
-    ];
-    let layout = GridLayout::per_class(&dataset.class_names, PER_CLASS)
-        .with_title(format!("EMA samples, step {}", trainer.step));
-    write_labeled_grid(path, &ImageBatch::new(&pixels, shape)?, &layout)?;
+        &mut Quiet,
+    );
+    let class_names = dataset.class_names();
+    let names: Vec<&str> = labels
+        .iter()
+        .map(|&c| class_names[c as usize].as_str())
+        .collect();
+    let (batch, layout) = sample_grid(config, &pixels, &names, per_class)?;
+    let layout = layout.with_title(format!("EMA samples, step {}", trainer.step));
+    write_labeled_grid(path, &batch, &layout)?;
     Ok(())
 }
 
