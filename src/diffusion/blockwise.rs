@@ -58,65 +58,226 @@ pub fn generate(
     labels: &[i64],
     generation: &Generation,
     schedule: &NoiseSchedule,
+    noise: impl FnMut(usize) -> Tensor<3>,
+    rng: &mut dyn RngCore,
+    observer: &mut dyn Observer,
+) -> Tensor<3> {
+    generate_after(
+        model, labels, None, generation, schedule, noise, rng, observer,
+    )
+}
+
+/// The null-label half of classifier-free guidance: the batch doubled with the null label when
+/// the scale is above 1, and the two halves' predictions combined.
+struct Guidance {
+    /// The labels of the model's batch: n, or 2n with the null label second.
+    labels: Vec<i64>,
+    n: usize,
+    scale: f64,
+}
+
+impl Guidance {
+    fn new(labels: &[i64], scale: f64, null_label: i64) -> Self {
+        let n = labels.len();
+        let mut doubled = labels.to_vec();
+        if scale > 1.0 {
+            doubled.extend(std::iter::repeat_n(null_label, n));
+        }
+        Self {
+            labels: doubled,
+            n,
+            scale,
+        }
+    }
+
+    fn guided(&self) -> bool {
+        self.labels.len() > self.n
+    }
+
+    /// (n, tokens, latent) -> the model's batch.
+    fn double(&self, x: Tensor<3>) -> Tensor<3> {
+        if self.guided() {
+            Tensor::cat(vec![x.clone(), x], 0)
+        } else {
+            x
+        }
+    }
+
+    /// The model's output -> the guided noise prediction, (n, tokens, latent).
+    fn combine(&self, output: Tensor<3>) -> Tensor<3> {
+        if !self.guided() {
+            return output;
+        }
+        let cond = output.clone().narrow(0, 0, self.n);
+        let uncond = output.narrow(0, self.n, self.n);
+        uncond.clone() + (cond - uncond) * self.scale
+    }
+}
+
+/// Denoises one block from its noise `x`. `call(step, input, t)` makes the model call on the
+/// guided batch; `block` is the block's index in the output, for the observer.
+#[allow(clippy::too_many_arguments)]
+fn denoise_block(
+    generation: &Generation,
+    schedule: &NoiseSchedule,
+    guidance: &Guidance,
+    mut x: Tensor<3>,
+    block: usize,
+    rng: &mut dyn RngCore,
+    observer: &mut dyn Observer,
+    mut call: impl FnMut(usize, Tensor<3>, &[f32]) -> Tensor<3>,
+) -> Tensor<3> {
+    let mut sampler = new_sampler(generation.sampler, schedule, generation.steps);
+    let timesteps = sampler.timesteps().to_vec();
+    for (step, &t) in timesteps.iter().enumerate() {
+        let t_batch = vec![t as f32; guidance.labels.len()];
+        let output = call(step, guidance.double(x.clone()), &t_batch);
+        observer.model_output(block, step, &output);
+        x = sampler.step(step, guidance.combine(output), x, rng);
+    }
+    observer.block_done(block);
+    x
+}
+
+/// The blocks of `tokens` (n, blocks * block_len, latent), in order.
+fn split_blocks(tokens: Tensor<3>, block_len: usize) -> Vec<Tensor<3>> {
+    let blocks = tokens.dims()[1] / block_len;
+    (0..blocks)
+        .map(|b| tokens.clone().narrow(1, b * block_len, block_len))
+        .collect()
+}
+
+/// As [`generate`], continuing `context`: given clean blocks 0..k, (n, k * block_size, latent),
+/// encoded once (a prefill of the KV cache, or the recomputed prefix without the cache), and
+/// blocks k.. generated after them. Returns every block, the context first.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_after(
+    model: &Acdit,
+    labels: &[i64],
+    context: Option<Tensor<3>>,
+    generation: &Generation,
+    schedule: &NoiseSchedule,
     mut noise: impl FnMut(usize) -> Tensor<3>,
     rng: &mut dyn RngCore,
     observer: &mut dyn Observer,
 ) -> Tensor<3> {
     let config = model.config();
-    let n = labels.len();
-    let guided = generation.cfg > 1.0;
-    let model_labels: Vec<i64> = if guided {
-        labels
-            .iter()
-            .copied()
-            .chain(std::iter::repeat_n(config.num_classes as i64, n))
-            .collect()
-    } else {
-        labels.to_vec()
-    };
-    let double = |x: Tensor<3>| {
-        if guided {
-            Tensor::cat(vec![x.clone(), x], 0)
-        } else {
-            x
-        }
-    };
+    let guidance = Guidance::new(labels, generation.cfg, config.num_classes as i64);
+    let block_len = config.block_size;
     let mut cache = KvCache::new(config.depth, config.seq_len());
     let mut finished: Vec<Tensor<3>> = Vec::with_capacity(config.ar_len);
-    for block in 0..config.ar_len {
-        let mut sampler = new_sampler(generation.sampler, schedule, generation.steps);
-        let timesteps = sampler.timesteps().to_vec();
-        let mut x = noise(block);
-        for (step, &t) in timesteps.iter().enumerate() {
-            let t_batch = vec![t as f32; model_labels.len()];
-            let input = double(x.clone());
-            let output = if generation.kv_cache {
-                let clean_prev =
-                    (step == 0 && block > 0).then(|| double(finished[block - 1].clone()));
-                model.forward_cached(
-                    input,
-                    clean_prev,
-                    &t_batch,
-                    &model_labels,
-                    block,
-                    &mut cache,
-                )
-            } else {
-                let prefix = (block > 0).then(|| double(Tensor::cat(finished.clone(), 1)));
-                model.forward_recompute(input, prefix, &t_batch, &model_labels, block)
-            };
-            observer.model_output(block, step, &output);
-            let eps = if guided {
-                let cond = output.clone().narrow(0, 0, n);
-                let uncond = output.narrow(0, n, n);
-                uncond.clone() + (cond - uncond) * generation.cfg
-            } else {
-                output
-            };
-            x = sampler.step(step, eps, x, rng);
+    if let Some(context) = context {
+        if generation.kv_cache && context.dims()[1] > 0 {
+            model.prefill(guidance.double(context.clone()), &mut cache);
         }
+        finished = split_blocks(context, block_len);
+    }
+    for block in finished.len()..config.ar_len {
+        let x = denoise_block(
+            generation,
+            schedule,
+            &guidance,
+            noise(block),
+            block,
+            rng,
+            observer,
+            |step, input, t| {
+                if generation.kv_cache {
+                    // The block before joins the cache on the first step, unless a prefill put
+                    // it there.
+                    let uncached = cache.len() < block * block_len;
+                    let clean_prev = (step == 0 && uncached)
+                        .then(|| guidance.double(finished[block - 1].clone()));
+                    model.forward_cached(input, clean_prev, t, &guidance.labels, block, &mut cache)
+                } else {
+                    let prefix =
+                        (block > 0).then(|| guidance.double(Tensor::cat(finished.clone(), 1)));
+                    model.forward_recompute(input, prefix, t, &guidance.labels, block)
+                }
+            },
+        );
         finished.push(x);
-        observer.block_done(block);
+    }
+    Tensor::cat(finished, 1)
+}
+
+/// Which finished blocks a rollout past the trained length attends to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Clean blocks kept, at most `ar_len - 1`: the most recent ones (after the sink, if kept).
+    pub blocks: usize,
+    /// Keep the first block as well, as an attention sink (Self-Forcing, Rolling Forcing).
+    pub sink: bool,
+}
+
+impl Window {
+    /// The largest window the trained positions allow, without a sink.
+    pub fn widest(config: &crate::config::ModelConfig) -> Self {
+        Self {
+            blocks: config.ar_len - 1,
+            sink: false,
+        }
+    }
+
+    /// The finished blocks (by index) the next block attends to, in order.
+    pub fn kept(&self, finished: usize) -> Vec<usize> {
+        if finished <= self.blocks {
+            return (0..finished).collect();
+        }
+        let sink = usize::from(self.sink);
+        (0..sink)
+            .chain(finished - (self.blocks - sink)..finished)
+            .collect()
+    }
+}
+
+/// Generates `total_blocks` blocks, past the trained `ar_len` if asked, after `context` (as in
+/// [`generate_after`]). Before each block the kept blocks (see [`Window::kept`]) are prefilled
+/// into a fresh cache at positions 0.., and the new block is denoised at the position after them,
+/// so every RoPE position stays inside the trained range. While the clip fits the window this is
+/// exactly [`generate_after`].
+#[allow(clippy::too_many_arguments)]
+pub fn rollout(
+    model: &Acdit,
+    labels: &[i64],
+    context: Option<Tensor<3>>,
+    total_blocks: usize,
+    window: Window,
+    generation: &Generation,
+    schedule: &NoiseSchedule,
+    mut noise: impl FnMut(usize) -> Tensor<3>,
+    rng: &mut dyn RngCore,
+    observer: &mut dyn Observer,
+) -> Tensor<3> {
+    let config = model.config();
+    assert!(
+        window.blocks >= usize::from(window.sink).max(1) && window.blocks < config.ar_len,
+        "a window holds 1 to ar_len - 1 blocks"
+    );
+    let guidance = Guidance::new(labels, generation.cfg, config.num_classes as i64);
+    let block_len = config.block_size;
+    let mut finished = context.map_or_else(Vec::new, |c| split_blocks(c, block_len));
+    for block in finished.len()..total_blocks {
+        let kept = window.kept(block);
+        let mut cache = KvCache::new(config.depth, config.seq_len());
+        if !kept.is_empty() {
+            let clean = Tensor::cat(kept.iter().map(|&b| finished[b].clone()).collect(), 1);
+            model.prefill(guidance.double(clean), &mut cache);
+        }
+        let position = kept.len();
+        let x = denoise_block(
+            generation,
+            schedule,
+            &guidance,
+            noise(block),
+            block,
+            rng,
+            observer,
+            |_, input, t| {
+                model.forward_cached(input, None, t, &guidance.labels, position, &mut cache)
+            },
+        );
+        finished.push(x);
     }
     Tensor::cat(finished, 1)
 }

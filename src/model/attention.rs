@@ -96,6 +96,22 @@ impl Attention {
         }
     }
 
+    /// Clean tokens alone, as a prefill encodes them: x (n, tokens, hidden) attends to the keys
+    /// already cached and its own, under `bias` (1, 1, tokens, cached + tokens); its keys and
+    /// values join the cache for good.
+    pub fn forward_clean(
+        &self,
+        x: Tensor<3>,
+        rope: &RopeTable,
+        bias: &Tensor<4>,
+        cache: CacheUse,
+    ) -> Tensor<3> {
+        let Heads { q, k, v } = self.heads(x, rope, true);
+        let (k, v) = cache.cache.append(cache.layer, (k, v));
+        let out = attend(q.expect("clean queries"), k, v, Some(bias.clone()));
+        self.merge_heads(out)
+    }
+
     /// x: (n, tokens, hidden) -> queries (if `with_q`), keys and values. Each comes from its own
     /// third of the qkv weight, so no activation is cut into three.
     fn heads(&self, x: Tensor<3>, rope: &RopeTable, with_q: bool) -> Heads {

@@ -6,6 +6,7 @@ use burn::prelude::*;
 
 use super::attention::{Attention, CacheUse, KeyPattern, StreamRopes, Streams};
 use super::norm::RmsNorm;
+use super::rope::RopeTable;
 use super::{linear, linear_tokens};
 use crate::fused::{gated_residual, gelu_tanh, modulate};
 
@@ -85,6 +86,22 @@ impl DitBlock {
             x.clone() + self.mlp.forward(self.norm2.forward(x))
         });
         Streams { clean, noisy }
+    }
+
+    /// The clean path alone (a prefill): no modulation, attention as
+    /// [`Attention::forward_clean`]. x: (n, tokens, hidden) -> (n, tokens, hidden).
+    pub fn forward_clean(
+        &self,
+        x: Tensor<3>,
+        rope: &RopeTable,
+        bias: &Tensor<4>,
+        cache: CacheUse,
+    ) -> Tensor<3> {
+        let attn = self
+            .attn
+            .forward_clean(self.norm1.forward(x.clone()), rope, bias, cache);
+        let x = x + attn;
+        x.clone() + self.mlp.forward(self.norm2.forward(x))
     }
 }
 

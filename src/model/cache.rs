@@ -38,6 +38,30 @@ impl KvCache {
         self.len() == 0
     }
 
+    /// Caches a clean stretch's keys and values (n, heads, tokens, head_dim) in one layer for
+    /// good, and returns everything that layer now holds.
+    pub fn append(
+        &mut self,
+        layer: usize,
+        finished: (Tensor<4>, Tensor<4>),
+    ) -> (Tensor<4>, Tensor<4>) {
+        let [n, heads, _, head_dim] = finished.0.dims();
+        let capacity = self.capacity;
+        let buffers = self.layers[layer].take().unwrap_or_else(|| {
+            let device = finished.0.device();
+            let empty = || Tensor::zeros([n, heads, capacity, head_dim], &device);
+            (empty(), empty())
+        });
+        let (buffers, filled) = write_at(buffers, self.cached[layer], finished);
+        self.cached[layer] = filled;
+        let view = (
+            buffers.0.clone().narrow(2, 0, filled),
+            buffers.1.clone().narrow(2, 0, filled),
+        );
+        self.layers[layer] = Some(buffers);
+        view
+    }
+
     /// One layer's keys and values for this step: caches `finished` (a clean block's keys and
     /// values, kept for later steps) if given, writes `current` after the cache for this step
     /// only, and returns cached + current. All are (n, heads, tokens, head_dim).

@@ -19,12 +19,12 @@ use burn::tensor::activation::silu;
 
 use crate::config::ModelConfig;
 use crate::layout::position_ids;
-use crate::mask::{additive_bias, cached_step_mask, prefix_mask};
+use crate::mask::{additive_bias, cached_step_mask, clean_causal_mask, prefix_mask};
 use attention::{CacheUse, KeyPattern, StreamRopes, Streams};
 use block::{DitBlock, FinalLayer};
 use cache::KvCache;
 use embed::{LabelEmbedder, TimestepEmbedder};
-use rope::Rope;
+use rope::{Rope, RopeTable};
 
 /// A linear layer with the reference's initialisation: Xavier-uniform weight, zero bias.
 pub(crate) fn linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Linear {
@@ -187,6 +187,29 @@ impl Acdit {
         self.run(x, cond, &ropes, keys, Some(cache))
     }
 
+    /// Encodes finished blocks once, as clean tokens, into an empty `cache`: the prefill of frame
+    /// prediction, whose context needs no denoising. clean: (n, blocks * block_size, latent),
+    /// blocks 0.. of the sequence. Afterwards block `blocks` samples with
+    /// [`Self::forward_cached`] and no `clean_prev`, exactly as if the context had been
+    /// generated.
+    pub fn prefill(&self, clean: Tensor<3>, cache: &mut KvCache) {
+        assert!(cache.is_empty(), "a prefill starts from an empty cache");
+        let block_len = self.config.block_size;
+        let tokens = clean.dims()[1];
+        assert!(
+            tokens.is_multiple_of(block_len) && tokens <= self.config.seq_len(),
+            "a prefill takes whole blocks of the sequence: {tokens} tokens"
+        );
+        let device = self.device();
+        let mask = clean_causal_mask(tokens / block_len, block_len);
+        let bias = additive_bias(&mask, tokens, tokens, &device);
+        let rope = self.rope_table(0..tokens);
+        let mut x = self.x_embedder.forward(clean);
+        for (layer, block) in self.blocks.iter().enumerate() {
+            x = block.forward_clean(x, &rope, &bias, CacheUse { cache, layer });
+        }
+    }
+
     /// The cache-free reference of a sampling call: recomputes [clean blocks 0..block | noisy
     /// block] under the Skip-Causal Attention Mask.
     ///
@@ -232,18 +255,20 @@ impl Acdit {
 
     /// The rotary tables of the clean and noisy tokens at these positions in the sequence.
     fn ropes(&self, clean: Option<Range<usize>>, noisy: Range<usize>) -> StreamRopes {
-        let table = |tokens: Range<usize>| {
-            let positions: Vec<Vec<usize>> = self
-                .positions
-                .iter()
-                .map(|axis| axis[tokens.clone()].to_vec())
-                .collect();
-            self.rope.table(&positions, &self.device())
-        };
         Streams {
-            clean: clean.map(table),
-            noisy: table(noisy),
+            clean: clean.map(|tokens| self.rope_table(tokens)),
+            noisy: self.rope_table(noisy),
         }
+    }
+
+    /// The rotary table of the tokens at `tokens` in the sequence.
+    fn rope_table(&self, tokens: Range<usize>) -> RopeTable {
+        let positions: Vec<Vec<usize>> = self
+            .positions
+            .iter()
+            .map(|axis| axis[tokens.clone()].to_vec())
+            .collect();
+        self.rope.table(&positions, &self.device())
     }
 
     /// Runs the blocks over both streams (n, tokens, hidden) and the final layer over the noisy
@@ -516,6 +541,191 @@ pub(crate) mod tests {
                 "block {block_side}: diff {diff} scale {scale}"
             );
         }
+    }
+
+    /// A tiny video model: 4 frames of 8x8, patch 2, one frame a block (as `vid_tiny`).
+    pub(crate) fn tiny_video_config() -> ModelConfig {
+        ModelConfig::video(&crate::config::VideoShape {
+            channels: 1,
+            frame_size: 8,
+            patch: 2,
+            frames: 4,
+            frames_per_block: 1,
+            hidden: 128,
+            depth: 2,
+            num_classes: 5,
+        })
+    }
+
+    #[test]
+    fn a_prefilled_context_gives_the_next_block_that_forcing_it_gives() {
+        let device = Device::flex();
+        for config in [tiny_video_config(), tiny_config(2)] {
+            let model = random_model(&config, &device, 11);
+            let mut rng = ChaCha8Rng::seed_from_u64(12);
+            let (k, block_len, latent) = (2, config.block_size, config.latent_size);
+            let context = random_tensor([2, k * block_len, latent], &mut rng, &device);
+            let noisy = random_tensor([2, block_len, latent], &mut rng, &device);
+            let block = |b: usize| context.clone().narrow(1, b * block_len, block_len);
+            let (t, labels) = ([700.0, 300.0], [1, 3]);
+
+            // Forced: each context block joins the cache on the first step of the block after it,
+            // as if it had been generated.
+            let mut forced_cache = KvCache::new(config.depth, config.seq_len());
+            for b in 1..k {
+                model.forward_cached(
+                    noisy.clone(),
+                    Some(block(b - 1)),
+                    &t,
+                    &labels,
+                    b,
+                    &mut forced_cache,
+                );
+            }
+            let forced = model.forward_cached(
+                noisy.clone(),
+                Some(block(k - 1)),
+                &t,
+                &labels,
+                k,
+                &mut forced_cache,
+            );
+            let mut cache = KvCache::new(config.depth, config.seq_len());
+            model.prefill(context.clone(), &mut cache);
+            assert_eq!(cache.len(), k * block_len);
+            let prefilled = model.forward_cached(noisy.clone(), None, &t, &labels, k, &mut cache);
+            let recomputed =
+                model.forward_recompute(noisy.clone(), Some(context.clone()), &t, &labels, k);
+            let scale = forced.clone().abs().max().into_scalar::<f32>();
+            for (name, other) in [("prefill", prefilled), ("recompute", recomputed)] {
+                let diff = max_abs_diff(forced.clone(), other);
+                assert!(diff <= 1e-4 * scale, "{name}: diff {diff} scale {scale}");
+            }
+
+            // Whole generations after the context: through the cache and without it.
+            let schedule = NoiseSchedule::ddpm();
+            let noise_rng = ChaCha8Rng::seed_from_u64(13);
+            let run = |kv_cache: bool| {
+                let generation = Generation {
+                    steps: 3,
+                    cfg: 1.5,
+                    kv_cache,
+                    ..Generation::default()
+                };
+                let mut noise_rng = noise_rng.clone();
+                let noise =
+                    |_: usize| random_tensor([2, block_len, latent], &mut noise_rng, &device);
+                crate::diffusion::blockwise::generate_after(
+                    &model,
+                    &labels,
+                    Some(context.clone()),
+                    &generation,
+                    &schedule,
+                    noise,
+                    &mut ChaCha8Rng::seed_from_u64(14),
+                    &mut Quiet,
+                )
+            };
+            let (cached, uncached) = (run(true), run(false));
+            assert_eq!(
+                max_abs_diff(cached.clone().narrow(1, 0, k * block_len), context.clone()),
+                0.0,
+                "the context comes back as given"
+            );
+            let scale = cached.clone().abs().max().into_scalar::<f32>();
+            let diff = max_abs_diff(cached, uncached);
+            assert!(
+                diff <= 1e-4 * scale,
+                "generation: diff {diff} scale {scale}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_rolling_window_equals_the_full_cache_while_the_clip_fits() {
+        use crate::diffusion::blockwise::{Window, generate_after, rollout};
+        let device = Device::flex();
+        let config = tiny_video_config();
+        let model = random_model(&config, &device, 21);
+        let schedule = NoiseSchedule::ddpm();
+        let (block_len, latent) = (config.block_size, config.latent_size);
+        let generation = Generation {
+            steps: 3,
+            cfg: 1.5,
+            ..Generation::default()
+        };
+        let labels = [0, 4];
+        let noise_rng = ChaCha8Rng::seed_from_u64(22);
+        let context = random_tensor([2, block_len, latent], &mut noise_rng.clone(), &device);
+        let device_ref = &device;
+        let noise = || {
+            let mut rng = noise_rng.clone();
+            move |_: usize| random_tensor([2, block_len, latent], &mut rng, device_ref)
+        };
+        let rng = || ChaCha8Rng::seed_from_u64(23);
+        let full = generate_after(
+            &model,
+            &labels,
+            Some(context.clone()),
+            &generation,
+            &schedule,
+            noise(),
+            &mut rng(),
+            &mut Quiet,
+        );
+        let window = Window::widest(&config);
+        let rolled = rollout(
+            &model,
+            &labels,
+            Some(context.clone()),
+            config.ar_len,
+            window,
+            &generation,
+            &schedule,
+            noise(),
+            &mut rng(),
+            &mut Quiet,
+        );
+        let scale = full.clone().abs().max().into_scalar::<f32>();
+        let diff = max_abs_diff(full, rolled);
+        assert!(diff <= 1e-4 * scale, "diff {diff} scale {scale}");
+
+        // Past the trained length: twice as many blocks, each at a trained position.
+        let long = rollout(
+            &model,
+            &labels,
+            Some(context),
+            2 * config.ar_len,
+            Window {
+                blocks: 2,
+                sink: true,
+            },
+            &generation,
+            &schedule,
+            noise(),
+            &mut rng(),
+            &mut Quiet,
+        );
+        assert_eq!(long.dims(), [2, 2 * config.seq_len(), latent]);
+        assert!(long.abs().max().into_scalar::<f32>().is_finite());
+    }
+
+    #[test]
+    fn the_window_keeps_the_most_recent_blocks_and_the_sink() {
+        use crate::diffusion::blockwise::Window;
+        let recent = Window {
+            blocks: 3,
+            sink: false,
+        };
+        assert_eq!(recent.kept(2), vec![0, 1]);
+        assert_eq!(recent.kept(3), vec![0, 1, 2]);
+        assert_eq!(recent.kept(7), vec![4, 5, 6]);
+        let sink = Window {
+            blocks: 3,
+            sink: true,
+        };
+        assert_eq!(sink.kept(3), vec![0, 1, 2]);
+        assert_eq!(sink.kept(7), vec![0, 5, 6]);
     }
 
     #[test]
