@@ -1,5 +1,6 @@
 //! Pictures and arrays the sampler and trainer leave behind: labelled sample
-//! grids, one PNG per sample, `.npz` batches for FID tools, and the loss curve.
+//! grids, one PNG per sample, `.npz` batches for FID tools (and the one `.npy`/`.npz`
+//! reader and writer), and the loss curve.
 //!
 //! Every file is encoded in memory and then written through [`write_atomic`], so
 //! a reader (a viewer refreshing the grid, an evaluator picking up the `.npz`)
@@ -13,7 +14,7 @@ mod plot;
 
 pub use batch::{ImageBatch, write_image_pngs};
 pub use grid::{GridLayout, GridRow, write_labeled_grid};
-pub use npz::{NpzSamples, read_npz_u8, write_npz};
+pub use npz::{NpyArray, NumpyFile, read_numpy, write_npz, write_npz_arrays};
 pub use plot::plot_loss_curve;
 
 use std::path::{Path, PathBuf};
