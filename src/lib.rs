@@ -3,7 +3,7 @@
 //! The path of the data: `data` -> `train` -> `checkpoint` -> `sampling` (with `diffusion`) ->
 //! `output`. The network lives in `model` (its CPU hot spots in `fused`), the Skip-Causal
 //! Attention Mask in `mask`, the token layout in `layout`, and `conformance` checks everything
-//! against the reference's vectors.
+//! against the reference's vectors. `video` holds clip data: files, Moving MNIST, GIFs, metrics.
 
 pub mod atomic;
 pub mod bench;
@@ -21,6 +21,7 @@ pub mod model;
 pub mod output;
 pub mod sampling;
 pub mod train;
+pub mod video;
 
 #[cfg(test)]
 mod testing;
