@@ -221,6 +221,17 @@ impl ModelConfig {
         }
     }
 
+    /// The token layout of this model over `frames` frames (a context, or a rollout past the
+    /// trained length): for laying tokens out as pixels, not for running the model.
+    pub fn with_frames(&self, frames: usize) -> Self {
+        let frames_per_block = self.frames_per_block();
+        Self {
+            temporal_len: frames,
+            ar_len: frames.div_ceil(frames_per_block),
+            ..self.clone()
+        }
+    }
+
     /// Frames in one block (video), 1 for images.
     pub fn frames_per_block(&self) -> usize {
         (self.block_size / self.spatial_len).max(1)

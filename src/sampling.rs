@@ -12,11 +12,13 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
 use crate::checkpoint::load::{WeightsKind, WeightsSource, load_weights};
-use crate::diffusion::blockwise::{Generation, Observer, generate};
+use crate::config::ModelConfig;
+use crate::diffusion::blockwise::{Generation, Observer, Window, generate_after, rollout};
 use crate::diffusion::schedule::NoiseSchedule;
-use crate::layout::unpatchify;
+use crate::layout::{patchify, unpatchify};
 use crate::model::Acdit;
 use crate::output::{GridLayout, ImageBatch, write_image_pngs, write_labeled_grid, write_npz};
+use crate::video::output::{clips_from_pixels, write_clip_files};
 
 /// Image `index`'s own noise stream: the same seed gives the same image whatever the batch size.
 fn image_rng(seed: u64, index: usize) -> ChaCha8Rng {
@@ -25,12 +27,51 @@ fn image_rng(seed: u64, index: usize) -> ChaCha8Rng {
     rng
 }
 
+/// How long each sample is and what it starts from: the frames to produce (past the trained
+/// length through a rolling window) and, for frame prediction, each item's given first frames.
+#[derive(Debug, Clone, Copy)]
+pub struct Extent<'a> {
+    /// Frames a sample: 1 for images.
+    pub frames: usize,
+    /// Given pixels of each item's first `context_frames` frames, (n, context_frames, c, h, w)
+    /// in [-1, 1], or None.
+    pub context: Option<(&'a [f32], usize)>,
+    /// What a rollout past the trained length attends to.
+    pub window: Window,
+}
+
+impl Extent<'_> {
+    /// The trained length, from nothing.
+    pub fn trained(config: &ModelConfig) -> Self {
+        Self {
+            frames: config.temporal_len,
+            context: None,
+            window: Window::widest(config),
+        }
+    }
+}
+
 /// Generates one image per label, `batch` at a time, batches side by side on as many threads as
 /// the machine has cores (at these sizes the backend's element-wise ops run on one core).
 /// Returns pixels (labels.len(), frames, channels, height, width) in [-1, 1] (not clamped).
 pub fn sample_images(
     model: &Acdit,
     labels: &[i64],
+    generation: &Generation,
+    seed: u64,
+    batch: usize,
+    observer: &mut (dyn Observer + Send),
+) -> Vec<f32> {
+    let extent = Extent::trained(model.config());
+    sample_clips(model, labels, &extent, generation, seed, batch, observer)
+}
+
+/// As [`sample_images`], for `extent`: the given context frames come back first, then the
+/// generated ones. Returns pixels (labels.len(), extent.frames, channels, height, width).
+pub fn sample_clips(
+    model: &Acdit,
+    labels: &[i64],
+    extent: &Extent,
     generation: &Generation,
     seed: u64,
     batch: usize,
@@ -57,6 +98,7 @@ pub fn sample_images(
                                 model,
                                 chunks[i],
                                 first,
+                                extent,
                                 generation,
                                 seed,
                                 &mut observer,
@@ -91,11 +133,12 @@ impl Observer for Shared<'_, '_> {
     }
 }
 
-/// The images of one batch, whose first image is number `first` of the job.
+/// The samples of one batch, whose first is number `first` of the job.
 fn sample_chunk(
     model: &Acdit,
     labels: &[i64],
     first: usize,
+    extent: &Extent,
     generation: &Generation,
     seed: u64,
     observer: &mut dyn Observer,
@@ -103,10 +146,9 @@ fn sample_chunk(
     let config = model.config();
     let device = model.device();
     let schedule = NoiseSchedule::ddpm();
+    let n = labels.len();
     let block_values = config.block_size * config.latent_size;
-    let mut streams: Vec<ChaCha8Rng> = (0..labels.len())
-        .map(|i| image_rng(seed, first + i))
-        .collect();
+    let mut streams: Vec<ChaCha8Rng> = (0..n).map(|i| image_rng(seed, first + i)).collect();
     let noise = |_block: usize| {
         let values: Vec<f32> = streams
             .iter_mut()
@@ -117,27 +159,64 @@ fn sample_chunk(
             })
             .collect();
         Tensor::<1>::from_floats(values.as_slice(), &device).reshape([
-            labels.len(),
+            n,
             config.block_size,
             config.latent_size,
         ])
     };
+    let context = extent.context.map(|(pixels, frames)| {
+        let layout = config.with_frames(frames);
+        let per_item = frames * config.in_channels * config.img_hw * config.img_hw;
+        let mine = &pixels[first * per_item..(first + n) * per_item];
+        let tokens = patchify(&layout, mine, n);
+        let len = tokens.len() / (n * config.latent_size);
+        Tensor::<1>::from_floats(tokens.as_slice(), &device).reshape([n, len, config.latent_size])
+    });
+    let blocks = extent.frames.div_ceil(config.frames_per_block());
     let mut sampler_rng = image_rng(seed ^ 0x5eed, first);
-    let tokens = generate(
-        model,
-        labels,
-        generation,
-        &schedule,
-        noise,
-        &mut sampler_rng,
-        observer,
-    );
+    let tokens = if blocks <= config.ar_len {
+        generate_after(
+            model,
+            labels,
+            context,
+            blocks,
+            generation,
+            &schedule,
+            noise,
+            &mut sampler_rng,
+            observer,
+        )
+    } else {
+        rollout(
+            model,
+            labels,
+            context,
+            blocks,
+            extent.window,
+            generation,
+            &schedule,
+            noise,
+            &mut sampler_rng,
+            observer,
+        )
+    };
     let tokens = tokens
         .into_data()
         .convert::<f32>()
         .try_to_vec::<f32>()
         .expect("f32 tokens");
-    unpatchify(config, &tokens, labels.len())
+    let layout = config.with_frames(blocks * config.frames_per_block());
+    let mut pixels = unpatchify(&layout, &tokens, n);
+    // Whole blocks were generated; keep the frames asked for.
+    let frame_values = config.in_channels * config.img_hw * config.img_hw;
+    let generated = blocks * config.frames_per_block();
+    if generated != extent.frames {
+        pixels = pixels
+            .chunks(generated * frame_values)
+            .flat_map(|clip| clip[..extent.frames * frame_values].to_vec())
+            .collect();
+    }
+    pixels
 }
 
 /// A model ready to sample, with a name for each class.
@@ -182,11 +261,51 @@ pub struct SampleJob {
     pub batch: usize,
     /// The labelled grid PNG.
     pub grid: PathBuf,
-    /// One PNG per image and `samples.npz`, if wanted.
+    /// One PNG per image and `samples.npz` (video: a GIF per clip and `clips.npz`), if wanted.
     pub out_dir: Option<PathBuf>,
+    /// Video: frames a clip (default the trained length; more roll out through `window`).
+    pub frames: Option<usize>,
+    /// Video: what a rollout past the trained length attends to (default the widest window).
+    pub window: Option<Window>,
 }
 
 impl SampleJob {
+    /// The frames and window asked for, checked against the model.
+    fn extent(&self, config: &ModelConfig) -> anyhow::Result<Extent<'static>> {
+        if config.temporal_len == 1 {
+            if self.frames.is_some_and(|f| f != 1) || self.window.is_some() {
+                anyhow::bail!("--frames and --window are for video models; this one draws images");
+            }
+            return Ok(Extent::trained(config));
+        }
+        let frames = self.frames.unwrap_or(config.temporal_len);
+        if frames == 0 {
+            anyhow::bail!("--frames must be at least 1");
+        }
+        let window = self.window.unwrap_or_else(|| Window::widest(config));
+        if window.blocks == 0
+            || window.blocks >= config.ar_len
+            || window.blocks < usize::from(window.sink) + 1
+        {
+            anyhow::bail!(
+                "--window {}: a window holds 1 to {} blocks (the trained {} less the one being made){}",
+                window.blocks,
+                config.ar_len - 1,
+                config.ar_len,
+                if window.sink {
+                    ", the sink among them"
+                } else {
+                    ""
+                }
+            );
+        }
+        Ok(Extent {
+            frames,
+            context: None,
+            window,
+        })
+    }
+
     /// The classes to draw, checked against the model's.
     fn classes(&self, num_classes: usize) -> anyhow::Result<Vec<i64>> {
         if self.per_class == 0 || self.generation.steps == 0 || self.batch == 0 {
@@ -247,11 +366,13 @@ pub fn run_job(sampling: &SamplingModel, job: &SampleJob) -> anyhow::Result<()> 
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let config = model.config();
+    let extent = job.extent(config)?;
     let labels: Vec<i64> = classes
         .iter()
         .flat_map(|&c| std::iter::repeat_n(c, job.per_class))
         .collect();
-    let calls = labels.len().div_ceil(job.batch) * config.ar_len * job.generation.steps;
+    let blocks = extent.frames.div_ceil(config.frames_per_block());
+    let calls = labels.len().div_ceil(job.batch) * blocks * job.generation.steps;
     let bar = ProgressBar::new(calls as u64);
     bar.set_style(
         ProgressStyle::with_template(
@@ -260,15 +381,16 @@ pub fn run_job(sampling: &SamplingModel, job: &SampleJob) -> anyhow::Result<()> 
         .expect("valid template"),
     );
     let started = std::time::Instant::now();
-    let pixels = sample_images(
+    let pixels = sample_clips(
         model,
         &labels,
+        &extent,
         &job.generation,
         job.seed,
         job.batch,
         &mut Progress {
             bar: bar.clone(),
-            blocks: config.ar_len,
+            blocks,
             steps: job.generation.steps,
         },
     );
@@ -278,7 +400,7 @@ pub fn run_job(sampling: &SamplingModel, job: &SampleJob) -> anyhow::Result<()> 
         .iter()
         .map(|&c| class_names[c as usize].as_str())
         .collect();
-    let (batch, layout) = sample_grid(config, &pixels, &names, job.per_class)?;
+    let (batch, layout) = sample_grid(config, extent.frames, &pixels, &names, job.per_class)?;
     write_labeled_grid(&job.grid, &batch, &layout)?;
     println!(
         "{} images in {:.1}s -> {}",
@@ -286,7 +408,12 @@ pub fn run_job(sampling: &SamplingModel, job: &SampleJob) -> anyhow::Result<()> 
         started.elapsed().as_secs_f64(),
         job.grid.display()
     );
-    if let Some(dir) = &job.out_dir {
+    if let Some(dir) = job.out_dir.as_ref().filter(|_| config.temporal_len > 1) {
+        let shape = [labels.len(), extent.frames, config.img_hw, config.img_hw];
+        let clips = clips_from_pixels(&pixels, shape, Some(labels.clone()))?;
+        write_clip_files(dir, "clips.npz", &clips, &names, None)?;
+        println!("a GIF per clip and clips.npz in {}", dir.display());
+    } else if let Some(dir) = &job.out_dir {
         write_image_pngs(dir, &batch, &names)?;
         let [n, c, h, w] = batch.shape();
         write_npz(
@@ -304,11 +431,11 @@ pub fn run_job(sampling: &SamplingModel, job: &SampleJob) -> anyhow::Result<()> 
 /// images one row per class of `per_class` images, for video one row per clip, a column a frame.
 pub fn sample_grid<'a>(
     config: &crate::config::ModelConfig,
+    frames: usize,
     pixels: &'a [f32],
     names: &[&str],
     per_class: usize,
 ) -> anyhow::Result<(ImageBatch<'a>, GridLayout)> {
-    let frames = config.temporal_len;
     let shape = [
         names.len() * frames,
         config.in_channels,
@@ -353,6 +480,8 @@ mod tests {
             batch: 4,
             grid: grid.to_path_buf(),
             out_dir: None,
+            frames: None,
+            window: None,
         }
     }
 

@@ -62,6 +62,11 @@ pub enum Split {
     Test,
 }
 
+impl crate::choice::Choice for Split {
+    const CHOICES: &'static [(&'static str, Self)] =
+        &[("train", Split::Train), ("test", Split::Test)];
+}
+
 impl Split {
     /// The images and labels file names of this split, without `.gz`; the
     /// MNIST family calls its test split "t10k".
@@ -257,6 +262,20 @@ const EMBEDDED_TEST: [&[u8]; 2] = [
         "/assets/mnist-subset/t10k-labels-idx1-ubyte.gz"
     )),
 ];
+
+/// Where `acdit data fetch mnist` puts MNIST.
+pub const FETCHED_MNIST: &str = "data/mnist";
+
+/// MNIST's `split`: the full set under `data/mnist` when it has been fetched, else the subset
+/// built into the binary. The flag says which.
+pub fn mnist_or_built_in(split: Split) -> Result<(ImageDataset, bool), DataError> {
+    let fetched = Path::new(FETCHED_MNIST);
+    if mnist_files(fetched, split).is_ok() {
+        Ok((load_mnist_dir(fetched, DatasetKind::Mnist, split)?, true))
+    } else {
+        Ok((embedded_mnist(split), false))
+    }
+}
 
 /// The MNIST subset in `assets/mnist-subset/`, compiled into the binary: the
 /// first 15,000 training digits (Train) or the first 1,000 test digits (Test),

@@ -62,8 +62,9 @@ pub fn generate(
     rng: &mut dyn RngCore,
     observer: &mut dyn Observer,
 ) -> Tensor<3> {
+    let blocks = model.config().ar_len;
     generate_after(
-        model, labels, None, generation, schedule, noise, rng, observer,
+        model, labels, None, blocks, generation, schedule, noise, rng, observer,
     )
 }
 
@@ -149,12 +150,14 @@ fn split_blocks(tokens: Tensor<3>, block_len: usize) -> Vec<Tensor<3>> {
 
 /// As [`generate`], continuing `context`: given clean blocks 0..k, (n, k * block_size, latent),
 /// encoded once (a prefill of the KV cache, or the recomputed prefix without the cache), and
-/// blocks k.. generated after them. Returns every block, the context first.
+/// blocks k..`blocks` (at most `ar_len`) generated after them. Returns every block, the context
+/// first.
 #[allow(clippy::too_many_arguments)]
 pub fn generate_after(
     model: &Acdit,
     labels: &[i64],
     context: Option<Tensor<3>>,
+    blocks: usize,
     generation: &Generation,
     schedule: &NoiseSchedule,
     mut noise: impl FnMut(usize) -> Tensor<3>,
@@ -172,7 +175,12 @@ pub fn generate_after(
         }
         finished = split_blocks(context, block_len);
     }
-    for block in finished.len()..config.ar_len {
+    assert!(
+        blocks <= config.ar_len,
+        "{blocks} blocks: the model is trained on {}",
+        config.ar_len
+    );
+    for block in finished.len()..blocks {
         let x = denoise_block(
             generation,
             schedule,

@@ -10,21 +10,32 @@ use super::lr::LrSchedule;
 use super::run::{RunDir, run};
 use super::state::Checkpoint;
 use super::{TrainConfig, Trainer};
-use crate::data::ImageDataset;
-use crate::data::idx::{DatasetKind, Split, embedded_mnist, load_mnist_dir, mnist_files};
+use crate::data::idx::{
+    DatasetKind, Split, embedded_mnist, load_mnist_dir, mnist_files, mnist_or_built_in,
+};
 use crate::data::image_folder::load_image_folder;
+use crate::data::{ImageDataset, TrainingSet};
+use crate::video::clips::{ClipLayout, expect_frame_size, read_clips};
+use crate::video::moving_mnist::MovingMnistSpec;
+use crate::video::training::{ClipSet, GeneratedClips};
+
+/// Generated clips counted as one epoch: only when the data order reshuffles depends on it.
+const GENERATED_EPOCH: usize = 10_000;
 
 /// A training recipe by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrainPreset {
     Mnist,
     FashionMnist,
+    /// One-digit Moving MNIST clips, generated on the fly from the MNIST training digits.
+    MovingMnist,
 }
 
 impl crate::choice::Choice for TrainPreset {
     const CHOICES: &'static [(&'static str, Self)] = &[
         ("mnist", TrainPreset::Mnist),
         ("fashion-mnist", TrainPreset::FashionMnist),
+        ("moving-mnist", TrainPreset::MovingMnist),
     ];
 }
 
@@ -33,12 +44,13 @@ impl TrainPreset {
         match self {
             TrainPreset::Mnist => TrainConfig::mnist(),
             TrainPreset::FashionMnist => TrainConfig::fashion_mnist(),
+            TrainPreset::MovingMnist => TrainConfig::moving_mnist(),
         }
     }
 
     fn dataset(self) -> DatasetKind {
         match self {
-            TrainPreset::Mnist => DatasetKind::Mnist,
+            TrainPreset::Mnist | TrainPreset::MovingMnist => DatasetKind::Mnist,
             TrainPreset::FashionMnist => DatasetKind::FashionMnist,
         }
     }
@@ -46,7 +58,7 @@ impl TrainPreset {
     /// Where `acdit data fetch` puts this preset's dataset.
     fn fetched_dir(self) -> &'static Path {
         match self {
-            TrainPreset::Mnist => Path::new("data/mnist"),
+            TrainPreset::Mnist | TrainPreset::MovingMnist => Path::new("data/mnist"),
             TrainPreset::FashionMnist => Path::new("data/fashion-mnist"),
         }
     }
@@ -197,23 +209,96 @@ impl TrainJob {
     /// Trains: loads the data, builds or resumes the trainer, and runs to the last step.
     pub fn run(&self, device: &Device) -> Result<()> {
         let ResolvedTraining { config, resumed } = self.resolve()?;
-        let dataset = self.load_dataset(&config)?;
+        let (data, described) = if config.model.temporal_len > 1 {
+            self.load_clips(&config)?
+        } else {
+            let dataset = self.load_dataset(&config)?;
+            let described = format!(
+                "{} images of {}x{}, {} classes",
+                dataset.n, dataset.height, dataset.width, dataset.num_classes
+            );
+            (Box::new(dataset) as Box<dyn TrainingSet>, described)
+        };
         let mut trainer = match resumed {
             Some(mut checkpoint) => {
                 checkpoint.config = config;
-                Trainer::resume(checkpoint, dataset.n, device)?
+                Trainer::resume(checkpoint, data.epoch_len(), device)?
             }
-            None => Trainer::new(config, dataset.n, device),
+            None => Trainer::new(config, data.epoch_len(), device),
         };
         println!(
-            "training on {} images of {}x{}, {} classes; {} parameters",
-            dataset.n,
-            dataset.height,
-            dataset.width,
-            dataset.num_classes,
+            "training on {described}; {} parameters",
             burn::module::Module::num_params(&trainer.model)
         );
-        run(&mut trainer, &dataset, &RunDir(self.out_dir()))
+        run(&mut trainer, data.as_ref(), &RunDir(self.out_dir()))
+    }
+
+    /// Video training data: the clips of `--data` (with labels, of the model's frame count and
+    /// size), else one-digit Moving MNIST generated on the fly from the training digits.
+    fn load_clips(&self, config: &TrainConfig) -> Result<(Box<dyn TrainingSet>, String)> {
+        let model = &config.model;
+        let class_names = self.preset.dataset().class_names();
+        if let Some(path) = &self.data {
+            let clips = read_clips(path, ClipLayout::Nfhw)?;
+            expect_frame_size(&clips, path, model.img_hw)?;
+            if clips.frames != model.temporal_len {
+                bail!(
+                    "{}: clips of {} frames, but the model is trained on {} (expected (N, {}, {}, {}))",
+                    path.display(),
+                    clips.frames,
+                    model.temporal_len,
+                    model.temporal_len,
+                    model.img_hw,
+                    model.img_hw
+                );
+            }
+            let labels = clips.labels.clone().with_context(|| {
+                format!(
+                    "{}: training needs `labels` (N) beside `clips`",
+                    path.display()
+                )
+            })?;
+            if let Some(bad) = labels
+                .iter()
+                .find(|&&l| l < 0 || l as usize >= model.num_classes)
+            {
+                bail!(
+                    "{}: label {bad} is out of range for {} classes",
+                    path.display(),
+                    model.num_classes
+                );
+            }
+            let described = format!("{} clips from {}", clips.n, path.display());
+            let set = ClipSet {
+                labels: labels.iter().map(|&l| l as u32).collect(),
+                clips,
+                class_names,
+            };
+            return Ok((Box::new(set), described));
+        }
+        let (digits, full) = mnist_or_built_in(Split::Train)?;
+        if !full {
+            println!(
+                "data/mnist not found: drawing clips from the built-in MNIST subset (`acdit data fetch mnist` gets all 60,000 digits)"
+            );
+        }
+        let spec = MovingMnistSpec {
+            frames: model.temporal_len,
+            digits: 1,
+            ..MovingMnistSpec::srivastava().at_size(model.img_hw)
+        };
+        spec.validate()?;
+        let described = format!(
+            "one-digit Moving MNIST generated on the fly ({} frames of {}x{}, {}x{} digits from {} training digits)",
+            spec.frames, spec.size, spec.size, spec.digit_size, spec.digit_size, digits.n
+        );
+        let set = GeneratedClips {
+            spec,
+            digits,
+            seed: config.seed,
+            epoch_len: GENERATED_EPOCH,
+        };
+        Ok((Box::new(set), described))
     }
 
     /// The dataset, centred to the model's frame and checked against the model.
@@ -264,6 +349,7 @@ impl TrainJob {
             TrainPreset::FashionMnist => bail!(
                 "data/fashion-mnist not found: run `acdit data fetch fashion-mnist` or pass --data"
             ),
+            TrainPreset::MovingMnist => bail!("the moving-mnist preset trains a video model"),
         }
     }
 }

@@ -190,7 +190,7 @@ fn write_sample_grid(trainer: &Trainer, dataset: &dyn TrainingSet, path: &Path) 
         .iter()
         .map(|&c| class_names[c as usize].as_str())
         .collect();
-    let (batch, layout) = sample_grid(config, &pixels, &names, per_class)?;
+    let (batch, layout) = sample_grid(config, config.temporal_len, &pixels, &names, per_class)?;
     let layout = layout.with_title(format!("EMA samples, step {}", trainer.step));
     write_labeled_grid(path, &batch, &layout)?;
     Ok(())

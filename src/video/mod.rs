@@ -1,11 +1,14 @@
 //! Video data: [`Clips`] (one-channel uint8 clips), the files they are kept in (`clips`), the
 //! Moving MNIST generator (`moving_mnist`), animated GIFs to look at them (`gif`), and per-frame
-//! MSE and SSIM to score predicted frames (`metrics`).
+//! MSE and SSIM to score predicted frames (`metrics`), and clips as training data (`training`).
 
 pub mod clips;
 pub mod gif;
 pub mod metrics;
 pub mod moving_mnist;
+pub mod output;
+pub mod predict;
+pub mod training;
 
 use std::path::PathBuf;
 
