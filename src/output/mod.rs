@@ -15,7 +15,7 @@ mod plot;
 pub use batch::{ImageBatch, write_image_pngs};
 pub use grid::{GridLayout, GridRow, write_labeled_grid};
 pub use npz::{NpyArray, NumpyFile, read_numpy, write_npz, write_npz_arrays};
-pub use plot::plot_loss_curve;
+pub use plot::{Panel, plot_loss_curve, plot_panels};
 
 use std::path::{Path, PathBuf};
 

@@ -68,9 +68,63 @@ pub fn plot_loss_curve(
     } else {
         vec![(raw_points, LINE.stroke_width(1), "raw")]
     };
-    let image = render(&x, &y, &curves)
+    let image = render(&x, &y, &curves, "training loss", "step")
         .map_err(|e| OutputError::invalid(path, format!("drawing the plot: {e}")))?;
     write_png(path, image.as_raw(), SIZE, ExtendedColorType::Rgb8)
+}
+
+/// One panel of [`plot_panels`]: a title, the x axis's name and named curves of (x, y) points.
+pub struct Panel {
+    pub title: String,
+    pub x_label: &'static str,
+    pub curves: Vec<(&'static str, Vec<(f64, f64)>)>,
+}
+
+/// Colours of the curves of a panel, in order.
+const PALETTE: [RGBColor; 4] = [
+    LINE,
+    RGBColor(200, 80, 30),
+    RGBColor(40, 150, 70),
+    RGBColor(120, 60, 160),
+];
+
+/// Plots `panels` one above the other (960x600 each) as a PNG at `path`, atomically: each a
+/// linear y axis over its curves, with a legend.
+pub fn plot_panels(path: &Path, panels: &[Panel]) -> Result<(), OutputError> {
+    let failed = |reason: String| OutputError::invalid(path, reason);
+    if panels.is_empty() {
+        return Err(failed("nothing to plot".into()));
+    }
+    let (width, height) = SIZE;
+    let mut picture = RgbImage::new(width, height * panels.len() as u32);
+    for (k, panel) in panels.iter().enumerate() {
+        let points = || panel.curves.iter().flat_map(|(_, p)| p.iter());
+        if points().next().is_none() || points().any(|(x, y)| !x.is_finite() || !y.is_finite()) {
+            return Err(failed(format!(
+                "panel {:?}: no points, or points that are not finite",
+                panel.title
+            )));
+        }
+        let (first, last) = bounds(points().map(|p| p.0));
+        let (low, high) = bounds(points().map(|p| p.1));
+        let x = linear_axis(first, last, 0.0, 1.0);
+        let y = linear_axis(low, high.max(low + 1e-9), 0.05, 0.0);
+        let curves: Vec<Curve> = panel
+            .curves
+            .iter()
+            .zip(PALETTE.iter().cycle())
+            .map(|((name, points), colour)| (points.clone(), colour.stroke_width(3), *name))
+            .collect();
+        let image = render(&x, &y, &curves, &panel.title, panel.x_label)
+            .map_err(|e| failed(format!("drawing the plot: {e}")))?;
+        image::imageops::replace(&mut picture, &image, 0, i64::from(height) * k as i64);
+    }
+    write_png(
+        path,
+        picture.as_raw(),
+        (width, height * panels.len() as u32),
+        ExtendedColorType::Rgb8,
+    )
 }
 
 /// Smallest and largest of `values`.
@@ -88,7 +142,13 @@ type Label = (String, (i64, i64), u32);
 
 /// Draws the grid, `curves`, frame and (for several curves) a legend with
 /// plotters, then all text with the bitmap font.
-fn render(x: &Axis, y: &Axis, curves: &[Curve]) -> Result<RgbImage, String> {
+fn render(
+    x: &Axis,
+    y: &Axis,
+    curves: &[Curve],
+    title: &str,
+    x_label: &str,
+) -> Result<RgbImage, String> {
     let fail = |e: DrawingAreaErrorKind<_>| e.to_string();
     let left = y.ticks.iter().map(|(_, t)| text_width(t, TICK_TEXT)).max();
     let (width, height) = SIZE;
@@ -135,9 +195,8 @@ fn render(x: &Axis, y: &Axis, curves: &[Curve]) -> Result<RgbImage, String> {
         let (pixels_x, pixels_y) = chart.plotting_area().get_pixel_range();
         let centre = i64::from(pixels_x.start + pixels_x.end) / 2;
         let below = i64::from(pixels_y.end) + 2 * GAP + text_height;
-        let step_x = centre - i64::from(text_width("step", TICK_TEXT) / 2);
-        labels.push(("step".into(), (step_x, below), TICK_TEXT));
-        let title = "training loss";
+        let label_x = centre - i64::from(text_width(x_label, TICK_TEXT) / 2);
+        labels.push((x_label.into(), (label_x, below), TICK_TEXT));
         let title_x = (i64::from(width) - i64::from(text_width(title, TITLE_TEXT))) / 2;
         labels.push((title.into(), (title_x, 12), TITLE_TEXT));
 

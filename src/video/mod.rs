@@ -3,11 +3,13 @@
 //! MSE and SSIM to score predicted frames (`metrics`), and clips as training data (`training`).
 
 pub mod clips;
+pub mod eval;
 pub mod gif;
 pub mod metrics;
 pub mod moving_mnist;
 pub mod output;
 pub mod predict;
+pub mod reader;
 pub mod training;
 
 use std::path::PathBuf;
