@@ -154,8 +154,7 @@ impl DeviceArg {
 /// Which model to run.
 #[derive(Args)]
 struct ModelArgs {
-    /// A built-in model, used when no --checkpoint is given [default: mnist; predict:
-    /// moving-mnist].
+    /// A built-in model, used when no --checkpoint is given [default for sample: mnist].
     #[arg(long)]
     model: Option<String>,
     /// Weights: ours (.safetensors), a reference state dict, or the release's .pt.
@@ -171,13 +170,14 @@ struct ModelArgs {
 
 impl ModelArgs {
     /// The model; `built_in` names the built-in one used when neither --model nor --checkpoint
-    /// is given.
-    fn load(&self, built_in: &str, device: &Device) -> Result<SamplingModel> {
-        let source = match &self.checkpoint {
-            Some(path) => WeightsSource::File(path),
-            None => {
-                WeightsSource::BuiltIn(built_in_model(self.model.as_deref().unwrap_or(built_in))?)
-            }
+    /// is given (None: one of them must be).
+    fn load(&self, built_in: Option<&str>, device: &Device) -> Result<SamplingModel> {
+        let source = match (&self.checkpoint, self.model.as_deref().or(built_in)) {
+            (Some(path), _) => WeightsSource::File(path),
+            (None, Some(name)) => WeightsSource::BuiltIn(built_in_model(name)?),
+            (None, None) => bail!(
+                "no video model is built in yet: pass --checkpoint (e.g. runs/moving-mnist/ema.safetensors from `acdit train --preset moving-mnist`)"
+            ),
         };
         load_model(source, self.weights, self.config.as_deref(), device)
     }
@@ -458,7 +458,7 @@ fn moving_mnist(args: MovingMnistArgs) -> Result<()> {
 }
 
 fn sample(args: SampleArgs) -> Result<()> {
-    let model = args.model.load("mnist", &args.device.device()?)?;
+    let model = args.model.load(Some("mnist"), &args.device.device()?)?;
     let job = SampleJob {
         classes: args.classes,
         per_class: args.per_class,
@@ -474,7 +474,7 @@ fn sample(args: SampleArgs) -> Result<()> {
 }
 
 fn predict(args: PredictArgs) -> Result<()> {
-    let model = args.model.load("moving-mnist", &args.device.device()?)?;
+    let model = args.model.load(None, &args.device.device()?)?;
     let job = PredictJob {
         context: args.context,
         layout: args.layout,

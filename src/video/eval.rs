@@ -19,8 +19,8 @@ use burn::prelude::Device;
 pub struct EvalVideoJob {
     /// Predicted clips (N, F, H, W), the context frames first, as `acdit predict` writes them.
     pub predicted: PathBuf,
-    /// The real clips, at least F frames each; without them only the digits are read (an
-    /// unconditional rollout).
+    /// The real clips, at least F frames each (the first N are compared with the N predicted);
+    /// without them only the digits are read (an unconditional rollout).
     pub truth: Option<PathBuf>,
     pub truth_layout: ClipLayout,
     /// Frames of each clip that were given, not predicted (0 for an unconditional rollout).
@@ -91,11 +91,12 @@ impl EvalVideoJob {
         path: &std::path::Path,
     ) -> Result<Vec<HorizonScore>> {
         let (k, frames) = (self.context_frames, predicted.frames);
-        if (truth.n, truth.height, truth.width) != (predicted.n, predicted.height, predicted.width)
+        if (truth.height, truth.width) != (predicted.height, predicted.width)
+            || truth.n < predicted.n
             || truth.frames < frames
         {
             bail!(
-                "{} holds clips {:?} (n, frames, height, width); {} needs ({}, >= {frames}, {}, {})",
+                "{} holds clips {:?} (n, frames, height, width); {} needs (>= {}, >= {frames}, {}, {})",
                 path.display(),
                 truth.shape(),
                 self.predicted.display(),
@@ -104,7 +105,7 @@ impl EvalVideoJob {
                 predicted.width
             );
         }
-        let truth = first_frames(truth, frames);
+        let truth = first_frames(truth, predicted.n, frames);
         let baseline = copy_last(&truth, k);
         let model = frame_scores(&truth, predicted)?;
         let copied = frame_scores(&truth, &baseline)?;
@@ -200,16 +201,16 @@ fn plot(
     Ok(())
 }
 
-/// Each clip's first `frames` frames.
-fn first_frames(clips: &Clips, frames: usize) -> Clips {
+/// The first `n` clips' first `frames` frames (`acdit predict --clips N` predicts the first N).
+fn first_frames(clips: &Clips, n: usize, frames: usize) -> Clips {
     let keep = frames * clips.frame_len();
-    let bytes = (0..clips.n)
+    let bytes = (0..n)
         .flat_map(|i| clips.clip(i)[..keep].to_vec())
         .collect();
     Clips::new(
         bytes,
-        [clips.n, frames, clips.height, clips.width],
-        clips.labels.clone(),
+        [n, frames, clips.height, clips.width],
+        clips.labels.as_ref().map(|l| l[..n].to_vec()),
     )
     .expect("a shorter copy of valid clips")
 }
