@@ -241,7 +241,7 @@ pub fn load_model(
     config.validate()?;
     let model = Acdit::new(&config, device)
         .load_tensors(&loaded.tensors)
-        .with_context(|| format!("{name} does not fit its model config"))?;
+        .with_context(|| format!("{name}: its weights cannot be loaded into the model"))?;
     let class_names = loaded
         .class_names
         .filter(|names| names.len() == config.num_classes)

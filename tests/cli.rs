@@ -85,3 +85,32 @@ fn help_shows_what_each_preset_sets_and_the_guidance_alias() {
         text(&output)
     );
 }
+
+#[test]
+fn a_checkpoint_with_one_nan_is_refused_naming_the_tensor() {
+    let temp = tempfile::tempdir().unwrap();
+    let weights = concat!(env!("CARGO_MANIFEST_DIR"), "/weights/mnist/ema.safetensors");
+    let mut bytes = std::fs::read(weights).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let start = header["blocks.2.mlp.fc1.weight"]["data_offsets"][0]
+        .as_u64()
+        .unwrap() as usize;
+    let at = 8 + header_len + start + 4 * 17;
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let path = temp.path().join("nan.safetensors");
+    std::fs::write(&path, bytes).unwrap();
+    let binary = Path::new(env!("CARGO_BIN_EXE_acdit"));
+    let output = acdit(
+        temp.path(),
+        binary,
+        &["sample", "--checkpoint", path.to_str().unwrap()],
+    );
+    assert!(!output.status.success());
+    let message = text(&output);
+    assert!(
+        message.contains("blocks.2.mlp.fc1.weight: 1 of its"),
+        "{message}"
+    );
+    assert!(!temp.path().join("samples.png").exists());
+}

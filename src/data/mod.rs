@@ -25,7 +25,7 @@ pub struct ImageDataset {
 }
 
 /// A byte pixel scaled to [-1, 1]: 0 maps to -1, 255 to 1.
-fn scale(byte: u8) -> f32 {
+pub fn scale(byte: u8) -> f32 {
     f32::from(byte) / 127.5 - 1.0
 }
 

@@ -105,7 +105,8 @@ impl EvalVideoJob {
                 predicted.width
             );
         }
-        let truth = first_frames(truth, predicted.n, frames);
+        // `acdit predict --clips N` predicts the first N.
+        let truth = truth.head(predicted.n, frames)?;
         let baseline = copy_last(&truth, k);
         let model = frame_scores(&truth, predicted)?;
         let copied = frame_scores(&truth, &baseline)?;
@@ -199,20 +200,6 @@ fn plot(
     }
     plot_panels(path, &panels)?;
     Ok(())
-}
-
-/// The first `n` clips' first `frames` frames (`acdit predict --clips N` predicts the first N).
-fn first_frames(clips: &Clips, n: usize, frames: usize) -> Clips {
-    let keep = frames * clips.frame_len();
-    let bytes = (0..n)
-        .flat_map(|i| clips.clip(i)[..keep].to_vec())
-        .collect();
-    Clips::new(
-        bytes,
-        [n, frames, clips.height, clips.width],
-        clips.labels.as_ref().map(|l| l[..n].to_vec()),
-    )
-    .expect("a shorter copy of valid clips")
 }
 
 /// The baseline: frames 0..k as they are, every later frame a copy of frame k - 1.

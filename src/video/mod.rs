@@ -83,6 +83,23 @@ impl Clips {
         let len = self.frame_len();
         &self.clip(i)[f * len..(f + 1) * len]
     }
+
+    /// The first `n` clips' first `frames` frames, with their labels.
+    pub fn head(&self, n: usize, frames: usize) -> Result<Clips, VideoError> {
+        if n > self.n || frames > self.frames {
+            return Err(VideoError::Shape(format!(
+                "the first {n} clips of {frames} frames asked of {} clips of {} frames",
+                self.n, self.frames
+            )));
+        }
+        let keep = frames * self.frame_len();
+        let bytes = (0..n).flat_map(|i| self.clip(i)[..keep].to_vec()).collect();
+        Clips::new(
+            bytes,
+            [n, frames, self.height, self.width],
+            self.labels.as_ref().map(|l| l[..n].to_vec()),
+        )
+    }
 }
 
 /// Why clips could not be made, read or written; names the file where there is one.
@@ -114,6 +131,17 @@ pub enum VideoError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn head_keeps_the_first_clips_and_frames() {
+        let clips =
+            Clips::new((0..2 * 3 * 2 * 2).collect(), [2, 3, 2, 2], Some(vec![7, 8])).unwrap();
+        let head = clips.head(1, 2).unwrap();
+        assert_eq!(head.shape(), [1, 2, 2, 2]);
+        assert_eq!(head.clips, (0..8).collect::<Vec<u8>>());
+        assert_eq!(head.labels, Some(vec![7]));
+        assert!(clips.head(3, 1).is_err());
+    }
 
     #[test]
     fn clip_and_frame_slice_the_nfhw_buffer() {

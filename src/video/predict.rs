@@ -1,7 +1,7 @@
 //! `acdit predict`: frame prediction. The first frames of each real clip are encoded once as
 //! clean blocks (a prefill of the KV cache, no denoising) and the rest is generated after them.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 
@@ -45,7 +45,14 @@ impl PredictJob {
         }
         let mut real = read_clips(&self.context, self.layout)?;
         if let Some(n) = self.clips {
-            real = first_clips(&real, n, &self.context)?;
+            if n == 0 || n > real.n {
+                bail!(
+                    "{}: holds {} clips, {n} asked for",
+                    self.context.display(),
+                    real.n
+                );
+            }
+            real = real.head(n, real.frames)?;
         }
         self.check(&real, config)?;
         let frames = self.frames.unwrap_or(config.temporal_len);
@@ -66,7 +73,7 @@ impl PredictJob {
         let k = self.context_frames;
         let context: Vec<f32> = (0..real.n)
             .flat_map(|i| real.clip(i)[..k * real.frame_len()].to_vec())
-            .map(|b| f32::from(b) / 127.5 - 1.0)
+            .map(crate::data::scale)
             .collect();
         let extent = Extent {
             frames,
@@ -87,7 +94,10 @@ impl PredictJob {
         );
         let shape = [real.n, frames, config.img_hw, config.img_hw];
         let predicted = clips_from_pixels(&pixels, shape, Some(labels.clone()))?;
-        let truth = (real.frames >= frames).then(|| truncate(&real, frames));
+        let truth = match real.frames >= frames {
+            true => Some(real.head(real.n, frames)?),
+            false => None,
+        };
         let names: Vec<String> = labels
             .iter()
             .map(|&l| {
@@ -143,33 +153,6 @@ impl PredictJob {
     }
 }
 
-/// The first `n` clips.
-fn first_clips(clips: &Clips, n: usize, path: &Path) -> Result<Clips> {
-    if n == 0 || n > clips.n {
-        bail!("{}: holds {} clips, {n} asked for", path.display(), clips.n);
-    }
-    let len = clips.frames * clips.frame_len();
-    Ok(Clips::new(
-        clips.clips[..n * len].to_vec(),
-        [n, clips.frames, clips.height, clips.width],
-        clips.labels.as_ref().map(|l| l[..n].to_vec()),
-    )?)
-}
-
-/// Each clip's first `frames` frames.
-fn truncate(clips: &Clips, frames: usize) -> Clips {
-    let keep = frames * clips.frame_len();
-    let bytes = (0..clips.n)
-        .flat_map(|i| clips.clip(i)[..keep].to_vec())
-        .collect();
-    Clips::new(
-        bytes,
-        [clips.n, frames, clips.height, clips.width],
-        clips.labels.clone(),
-    )
-    .expect("a shorter copy of valid clips")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +160,7 @@ mod tests {
     use crate::model::tests::tiny_video_config;
     use crate::video::clips::write_clips;
     use burn::prelude::Device;
+    use std::path::Path;
 
     fn tiny_model() -> SamplingModel {
         SamplingModel {

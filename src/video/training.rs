@@ -2,12 +2,7 @@
 
 use super::Clips;
 use super::moving_mnist::{MovingMnistSpec, generate_clip};
-use crate::data::{ImageDataset, TrainingSet};
-
-/// A byte pixel scaled to the model's [-1, 1].
-fn scale(byte: u8) -> f32 {
-    f32::from(byte) / 127.5 - 1.0
-}
+use crate::data::{ImageDataset, TrainingSet, scale};
 
 /// Moving MNIST clips generated as training asks for them. Item `index` of epoch `e` is clip
 /// `e * epoch_len + index` of the seed, so no clip repeats, and a resumed run (which restores the
