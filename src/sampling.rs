@@ -403,8 +403,13 @@ pub fn run_job(sampling: &SamplingModel, job: &SampleJob) -> anyhow::Result<()> 
     let (batch, layout) = sample_grid(config, extent.frames, &pixels, &names, job.per_class)?;
     write_labeled_grid(&job.grid, &batch, &layout)?;
     println!(
-        "{} images in {:.1}s -> {}",
+        "{} {} in {:.1}s -> {}",
         labels.len(),
+        if config.temporal_len > 1 {
+            "clips"
+        } else {
+            "images"
+        },
         started.elapsed().as_secs_f64(),
         job.grid.display()
     );
