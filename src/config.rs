@@ -224,11 +224,20 @@ impl ModelConfig {
     /// The token layout of this model over `frames` frames (a context, or a rollout past the
     /// trained length): for laying tokens out as pixels, not for running the model.
     pub fn with_frames(&self, frames: usize) -> Self {
-        let frames_per_block = self.frames_per_block();
         Self {
             temporal_len: frames,
-            ar_len: frames.div_ceil(frames_per_block),
+            ar_len: self.blocks_for_frames(frames),
             ..self.clone()
+        }
+    }
+
+    /// Blocks that make up `frames` frames: every block of the picture for an image model,
+    /// whole frame groups for video.
+    pub fn blocks_for_frames(&self, frames: usize) -> usize {
+        if self.temporal_len == 1 && frames == 1 {
+            self.ar_len
+        } else {
+            frames.div_ceil(self.frames_per_block())
         }
     }
 

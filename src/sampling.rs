@@ -172,7 +172,7 @@ fn sample_chunk(
         let len = tokens.len() / (n * config.latent_size);
         Tensor::<1>::from_floats(tokens.as_slice(), &device).reshape([n, len, config.latent_size])
     });
-    let blocks = extent.frames.div_ceil(config.frames_per_block());
+    let blocks = config.blocks_for_frames(extent.frames);
     let mut sampler_rng = image_rng(seed ^ 0x5eed, first);
     let tokens = if blocks <= config.ar_len {
         generate_after(
@@ -205,11 +205,14 @@ fn sample_chunk(
         .convert::<f32>()
         .try_to_vec::<f32>()
         .expect("f32 tokens");
-    let layout = config.with_frames(blocks * config.frames_per_block());
-    let mut pixels = unpatchify(&layout, &tokens, n);
     // Whole blocks were generated; keep the frames asked for.
+    let generated = if config.temporal_len == 1 {
+        1
+    } else {
+        blocks * config.frames_per_block()
+    };
+    let mut pixels = unpatchify(&config.with_frames(generated), &tokens, n);
     let frame_values = config.in_channels * config.img_hw * config.img_hw;
-    let generated = blocks * config.frames_per_block();
     if generated != extent.frames {
         pixels = pixels
             .chunks(generated * frame_values)
@@ -371,7 +374,7 @@ pub fn run_job(sampling: &SamplingModel, job: &SampleJob) -> anyhow::Result<()> 
         .iter()
         .flat_map(|&c| std::iter::repeat_n(c, job.per_class))
         .collect();
-    let blocks = extent.frames.div_ceil(config.frames_per_block());
+    let blocks = config.blocks_for_frames(extent.frames);
     let calls = labels.len().div_ceil(job.batch) * blocks * job.generation.steps;
     let bar = ProgressBar::new(calls as u64);
     bar.set_style(
@@ -508,6 +511,39 @@ mod tests {
         assert_eq!(whole, sample(7, 1));
         let other_seed = sample(8, 3);
         assert_ne!(whole, other_seed);
+    }
+
+    /// Records which blocks the model was called for.
+    struct Blocks(Vec<usize>);
+    impl Observer for Blocks {
+        fn block_done(&mut self, block: usize) {
+            self.0.push(block);
+        }
+    }
+
+    #[test]
+    fn every_block_of_the_picture_or_clip_is_generated() {
+        let generation = Generation {
+            steps: 1,
+            cfg: 1.0,
+            ..Generation::default()
+        };
+        let image = Acdit::new(&tiny_config(2), &Device::flex());
+        let mut seen = Blocks(Vec::new());
+        let pixels = sample_images(&image, &[1], &generation, 0, 1, &mut seen);
+        assert_eq!(seen.0, vec![0, 1, 2, 3]);
+        assert_eq!(pixels.len(), 8 * 8);
+        let video = Acdit::new(&crate::model::tests::tiny_video_config(), &Device::flex());
+        for frames in [2, 4, 7] {
+            let extent = Extent {
+                frames,
+                ..Extent::trained(video.config())
+            };
+            let mut seen = Blocks(Vec::new());
+            let pixels = sample_clips(&video, &[1], &extent, &generation, 0, 1, &mut seen);
+            assert_eq!(seen.0, (0..frames).collect::<Vec<_>>(), "{frames} frames");
+            assert_eq!(pixels.len(), frames * 8 * 8);
+        }
     }
 
     #[test]
