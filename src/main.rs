@@ -342,7 +342,7 @@ struct TrainArgs {
     print_config: bool,
     #[arg(long, help = with_preset_values("Total optimizer steps", |c| c.steps.to_string()))]
     steps: Option<u64>,
-    #[arg(long, help = with_preset_values("Images a step", |c| c.batch_size.to_string()))]
+    #[arg(long, help = with_preset_values("Images (or clips) a step", |c| c.batch_size.to_string()))]
     batch_size: Option<usize>,
     #[arg(long, help = with_preset_values("Peak learning rate", |c| c.lr.to_string()))]
     lr: Option<f64>,
