@@ -286,22 +286,7 @@ impl SampleJob {
             anyhow::bail!("--frames must be at least 1");
         }
         let window = self.window.unwrap_or_else(|| Window::widest(config));
-        if window.blocks == 0
-            || window.blocks >= config.ar_len
-            || window.blocks < usize::from(window.sink) + 1
-        {
-            anyhow::bail!(
-                "--window {}: a window holds 1 to {} blocks (the trained {} less the one being made){}",
-                window.blocks,
-                config.ar_len - 1,
-                config.ar_len,
-                if window.sink {
-                    ", the sink among them"
-                } else {
-                    ""
-                }
-            );
-        }
+        window.check(config.ar_len).map_err(anyhow::Error::msg)?;
         Ok(Extent {
             frames,
             context: None,

@@ -227,6 +227,25 @@ impl Window {
         }
     }
 
+    /// Checks that the window fits a model of `ar_len` blocks: 1 to `ar_len - 1` blocks, the
+    /// sink among them. The error names the flag.
+    pub fn check(&self, ar_len: usize) -> Result<(), String> {
+        let fewest = usize::from(self.sink) + 1;
+        if self.blocks < fewest || self.blocks >= ar_len {
+            return Err(format!(
+                "--window {}: a window holds {fewest} to {} blocks (the trained {ar_len} less the one being made){}",
+                self.blocks,
+                ar_len.saturating_sub(1),
+                if self.sink {
+                    ", the sink among them"
+                } else {
+                    ""
+                }
+            ));
+        }
+        Ok(())
+    }
+
     /// The finished blocks (by index) the next block attends to, in order.
     pub fn kept(&self, finished: usize) -> Vec<usize> {
         if finished <= self.blocks {
@@ -258,10 +277,9 @@ pub fn rollout(
     observer: &mut dyn Observer,
 ) -> Tensor<3> {
     let config = model.config();
-    assert!(
-        window.blocks >= usize::from(window.sink).max(1) && window.blocks < config.ar_len,
-        "a window holds 1 to ar_len - 1 blocks"
-    );
+    if let Err(reason) = window.check(config.ar_len) {
+        panic!("{reason}");
+    }
     let guidance = Guidance::new(labels, generation.cfg, config.num_classes as i64);
     let block_len = config.block_size;
     let mut finished = context.map_or_else(Vec::new, |c| split_blocks(c, block_len));

@@ -75,10 +75,12 @@ impl PredictJob {
             .flat_map(|i| real.clip(i)[..k * real.frame_len()].to_vec())
             .map(crate::data::scale)
             .collect();
+        let window = self.window.unwrap_or_else(|| Window::widest(config));
+        window.check(config.ar_len).map_err(anyhow::Error::msg)?;
         let extent = Extent {
             frames,
             context: Some((&context, k)),
-            window: self.window.unwrap_or_else(|| Window::widest(config)),
+            window,
         };
         std::fs::create_dir_all(&self.out_dir)
             .with_context(|| format!("creating {}", self.out_dir.display()))?;
@@ -237,6 +239,15 @@ mod tests {
                 .to_string();
             assert!(message.contains("--context-frames"), "{message}");
         }
+        let too_wide = PredictJob {
+            window: Some(Window {
+                blocks: 4,
+                sink: false,
+            }),
+            ..job(&good, &out, 2)
+        };
+        let message = too_wide.run(&tiny_model()).unwrap_err().to_string();
+        assert!(message.contains("--window 4"), "{message}");
         let garbage = dir.path().join("garbage.npy");
         std::fs::write(&garbage, b"not numpy").unwrap();
         let message = format!(
