@@ -66,22 +66,24 @@ impl TrainConfig {
     }
 
     /// The Moving MNIST recipe: one-digit clips of 8 frames of 32x32 (digits drawn at 16x16 so
-    /// that they have room to move), patches of 4 (8x8 tokens a frame), one frame a block (8
-    /// blocks of 64 tokens), the MNIST recipe's network (hidden 128, depth 4).
+    /// that they have room to move), patches of 8 (4x4 tokens a frame), one frame a block (8
+    /// blocks of 16 tokens), the MNIST recipe's network (hidden 128, depth 4). Patches of 8 rather
+    /// than 4 make a step five times cheaper, and on a 2-core CPU the hour buys six times the
+    /// clips: at patches of 4 the model had seen too few to draw a digit.
     pub fn moving_mnist() -> Self {
         Self {
             model: ModelConfig::video(&crate::config::VideoShape {
                 channels: 1,
                 frame_size: 32,
-                patch: 4,
+                patch: 8,
                 frames: 8,
                 frames_per_block: 1,
                 hidden: 128,
                 depth: 4,
                 num_classes: 10,
             }),
-            batch_size: 16,
-            steps: 2000,
+            batch_size: 32,
+            steps: 5500,
             ..Self::fashion_mnist()
         }
     }
