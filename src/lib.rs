@@ -21,6 +21,7 @@ pub mod model;
 pub mod output;
 pub mod sampling;
 pub mod train;
+pub mod understand;
 pub mod video;
 
 #[cfg(test)]

@@ -18,6 +18,9 @@ use acdit::sampling::{SampleJob, SamplingModel, load_model, run_job};
 use acdit::train::TrainConfig;
 use acdit::train::job::{TrainJob, TrainOverrides, TrainPreset};
 use acdit::train::lr::LrSchedule;
+use acdit::understand::features::{FeaturesJob, Pool};
+use acdit::understand::finetune::{FinetuneConfig, FinetuneJob, classify};
+use acdit::understand::probe::{ProbeInput, ProbeJob};
 use acdit::video::clips::ClipLayout;
 use acdit::video::eval::EvalVideoJob;
 use acdit::video::moving_mnist::{MovingMnistJob, MovingMnistSpec};
@@ -80,6 +83,23 @@ enum Command {
     Data {
         #[command(subcommand)]
         command: DataCommand,
+    },
+    /// Read the network as a visual encoder: one feature vector an image, to a safetensors file.
+    Features(FeaturesArgs),
+    /// Fit a linear classifier on features (or raw pixels) and report its accuracy.
+    Probe(ProbeArgs),
+    /// Fine-tune the whole network with a linear head into an image classifier.
+    Finetune(FinetuneArgs),
+    /// Print the class of each image and its probability, with a classifier from `acdit finetune`.
+    Classify {
+        /// The classifier file.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// PNG or JPEG images of the model's size (or of the size it was trained on).
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        #[command(flatten)]
+        device: DeviceArg,
     },
     /// Measure training and sampling speed at the benchmark configuration.
     Bench(BenchArgs),
@@ -180,6 +200,14 @@ impl ModelArgs {
             ),
         };
         load_model(source, self.weights, self.config.as_deref(), device)
+    }
+
+    /// What the model is called in files made from it.
+    fn name(&self, built_in: &str) -> String {
+        match &self.checkpoint {
+            Some(path) => path.display().to_string(),
+            None => format!("built-in {}", self.model.as_deref().unwrap_or(built_in)),
+        }
     }
 }
 
@@ -372,6 +400,93 @@ struct TrainArgs {
 }
 
 #[derive(Args)]
+struct FeaturesArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// IDX files (MNIST layout) or a folder of class subfolders [default: MNIST, data/mnist if
+    /// fetched, else the built-in subset].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(long, value_parser = choice::<Split>(), default_value = "train")]
+    split: Split,
+    /// The block whose output is read, from 1 [default: the last, which probes best on MNIST].
+    #[arg(long)]
+    layer: Option<usize>,
+    /// How token states become one vector [default: concat, which probes best on MNIST].
+    #[arg(long, value_parser = choice::<Pool>(), default_value = "concat")]
+    pool: Pool,
+    /// Images encoded at once.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// The safetensors file to write: `features` (N, D) f32 and `labels` (N) int64.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    device: DeviceArg,
+}
+
+#[derive(Args)]
+struct ProbeArgs {
+    /// Training features (from `acdit features --split train`).
+    #[arg(long, required_unless_present = "pixels", conflicts_with = "pixels")]
+    train: Option<PathBuf>,
+    /// Test features (from `acdit features --split test`).
+    #[arg(long, required_unless_present = "pixels", conflicts_with = "pixels")]
+    test: Option<PathBuf>,
+    /// Probe the raw pixels of the data instead: the baseline.
+    #[arg(long)]
+    pixels: bool,
+    /// With --pixels: IDX files (MNIST layout) or a folder of class subfolders [default: MNIST].
+    #[arg(long, requires = "pixels")]
+    data: Option<PathBuf>,
+    /// Seed of the held-out split that chooses the L2 strength.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArg,
+}
+
+#[derive(Args)]
+struct FinetuneArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// IDX files (MNIST layout, both splits) or a folder of class subfolders [default: MNIST].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// The block the head reads, from 1 [default: the last].
+    #[arg(long)]
+    layer: Option<usize>,
+    /// How token states become the head's input.
+    #[arg(long, value_parser = choice::<Pool>(), default_value = "mean")]
+    pool: Pool,
+    #[arg(long, default_value_t = 2)]
+    epochs: usize,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Peak learning rate (100 warmup steps, then cosine decay).
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Layer-wise learning-rate decay: block i of L trains at lr * decay^(L - i).
+    #[arg(long)]
+    layer_decay: Option<f64>,
+    #[arg(long, default_value_t = 0.05)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Continue a fine-tuning run from its classifier file (its own settings hold).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// The classifier file to write (weights, optimizer state and progress).
+    #[arg(long, default_value = "classifier.safetensors")]
+    out: PathBuf,
+    #[command(flatten)]
+    device: DeviceArg,
+}
+
+#[derive(Args)]
 struct BenchArgs {
     /// Which measurements to run.
     #[arg(value_parser = choice::<BenchPart>(), default_value = "all")]
@@ -413,6 +528,41 @@ fn main() -> Result<()> {
         Command::Data {
             command: DataCommand::MovingMnist(args),
         } => moving_mnist(args),
+        Command::Features(args) => features(args),
+        Command::Finetune(args) => finetune(args),
+        Command::Classify {
+            checkpoint,
+            images,
+            device,
+        } => {
+            let paths: Vec<&std::path::Path> = images.iter().map(PathBuf::as_path).collect();
+            for (path, verdict) in
+                images
+                    .iter()
+                    .zip(classify(&checkpoint, &paths, &device.device()?)?)
+            {
+                println!(
+                    "{}: {} ({:.1}%)",
+                    path.display(),
+                    verdict.name,
+                    100.0 * verdict.probability
+                );
+            }
+            Ok(())
+        }
+        Command::Probe(args) => {
+            let input = match (args.train, args.test) {
+                (Some(train), Some(test)) => ProbeInput::Features { train, test },
+                _ => ProbeInput::Pixels { data: args.data },
+            };
+            ProbeJob {
+                input,
+                seed: args.seed,
+                json: args.json,
+            }
+            .run(&args.device.device()?)?;
+            Ok(())
+        }
         Command::Bench(args) => acdit::bench::run(&BenchJob {
             part: args.part,
             train_steps: args.train_steps,
@@ -488,6 +638,44 @@ fn predict(args: PredictArgs) -> Result<()> {
         out_dir: args.out_dir,
     };
     job.run(&model)?;
+    Ok(())
+}
+
+fn features(args: FeaturesArgs) -> Result<()> {
+    let model = args.model.load(Some("mnist"), &args.device.device()?)?;
+    let name = args.model.name("mnist");
+    FeaturesJob {
+        data: args.data,
+        split: args.split,
+        layer: args.layer,
+        pool: args.pool,
+        batch: args.batch,
+        out: args.out,
+    }
+    .run(&model, &name)?;
+    Ok(())
+}
+
+fn finetune(args: FinetuneArgs) -> Result<()> {
+    let base = args
+        .model
+        .load(Some("mnist"), &args.device.device()?.autodiff())?;
+    let mut config = FinetuneConfig::for_model(base.model.config());
+    config.layer = args.layer.unwrap_or(config.layer);
+    config.pool = args.pool;
+    config.epochs = args.epochs;
+    config.batch_size = args.batch_size;
+    config.lr = args.lr;
+    config.layer_decay = args.layer_decay;
+    config.weight_decay = args.weight_decay;
+    config.seed = args.seed;
+    FinetuneJob {
+        data: args.data,
+        config,
+        resume: args.resume,
+        out: args.out,
+    }
+    .run(base.model, &args.model.name("mnist"), &base.class_names)?;
     Ok(())
 }
 

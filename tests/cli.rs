@@ -114,3 +114,34 @@ fn a_checkpoint_with_one_nan_is_refused_naming_the_tensor() {
     );
     assert!(!temp.path().join("samples.png").exists());
 }
+
+/// `features` then `probe` through the binary, run where no data was fetched: the built-in
+/// model's clean-path features of the built-in test digits classify them far above chance.
+#[test]
+fn features_of_the_built_in_model_probe_well() {
+    let temp = tempfile::tempdir().unwrap();
+    let binary = Path::new(env!("CARGO_BIN_EXE_acdit"));
+    let out = temp.path().join("test.safetensors");
+    let out = out.to_str().unwrap();
+    let args = [
+        "features", "--split", "test", "--pool", "mean", "--out", out,
+    ];
+    let output = acdit(temp.path(), binary, &args);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(text(&output).contains("clean path"), "{}", text(&output));
+    let json = temp.path().join("probe.json");
+    let args = [
+        "probe",
+        "--train",
+        out,
+        "--test",
+        out,
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    let output = acdit(temp.path(), binary, &args);
+    assert!(output.status.success(), "{}", text(&output));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["test_examples"], 1000);
+    assert!(report["train_accuracy"].as_f64().unwrap() > 0.8, "{report}");
+}

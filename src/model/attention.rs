@@ -96,18 +96,21 @@ impl Attention {
         }
     }
 
-    /// Clean tokens alone, as a prefill encodes them: x (n, tokens, hidden) attends to the keys
-    /// already cached and its own, under `bias` (1, 1, tokens, cached + tokens); its keys and
-    /// values join the cache for good.
+    /// Clean tokens alone, as a prefill or the visual encoder reads them: x (n, tokens, hidden)
+    /// attends to the keys already cached (if a cache is given) and its own, under `bias`
+    /// (1, 1, tokens, cached + tokens); with a cache, its keys and values join it for good.
     pub fn forward_clean(
         &self,
         x: Tensor<3>,
         rope: &RopeTable,
         bias: &Tensor<4>,
-        cache: CacheUse,
+        cache: Option<CacheUse>,
     ) -> Tensor<3> {
         let Heads { q, k, v } = self.heads(x, rope, true);
-        let (k, v) = cache.cache.append(cache.layer, (k, v));
+        let (k, v) = match cache {
+            Some(cache) => cache.cache.append(cache.layer, (k, v)),
+            None => (k, v),
+        };
         let out = attend(q.expect("clean queries"), k, v, Some(bias.clone()));
         self.merge_heads(out)
     }

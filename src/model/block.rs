@@ -88,14 +88,14 @@ impl DitBlock {
         Streams { clean, noisy }
     }
 
-    /// The clean path alone (a prefill): no modulation, attention as
+    /// The clean path alone (a prefill, or the visual encoder): no modulation, attention as
     /// [`Attention::forward_clean`]. x: (n, tokens, hidden) -> (n, tokens, hidden).
     pub fn forward_clean(
         &self,
         x: Tensor<3>,
         rope: &RopeTable,
         bias: &Tensor<4>,
-        cache: CacheUse,
+        cache: Option<CacheUse>,
     ) -> Tensor<3> {
         let attn = self
             .attn

@@ -135,17 +135,59 @@ impl Acdit {
         t: &[f32],
         labels: &[i64],
     ) -> Tensor<3> {
+        let inputs = self.train_inputs(clean, noisy, t, labels);
+        self.run(inputs.x, inputs.cond, &inputs.ropes, inputs.keys, None)
+    }
+
+    /// The clean tokens' hidden states after the first `layers` blocks (fewer than the depth) of
+    /// the training forward: what the visual encoder must reproduce.
+    #[cfg(test)]
+    pub(crate) fn train_clean_hidden(
+        &self,
+        clean: Tensor<3>,
+        noisy: Tensor<3>,
+        t: &[f32],
+        labels: &[i64],
+        layers: usize,
+    ) -> Tensor<3> {
+        assert!(
+            layers < self.config.depth,
+            "the last layer's clean output is not formed"
+        );
+        let TrainInputs {
+            mut x,
+            cond,
+            ropes,
+            keys,
+        } = self.train_inputs(clean, noisy, t, labels);
+        let cond = silu(cond);
+        for block in &self.blocks[..layers] {
+            x = block.forward(x, cond.clone(), &ropes, &keys, None, true);
+        }
+        x.clean.expect("clean tokens in a model of several blocks")
+    }
+
+    /// Embeddings, conditions, rotary tables and mask of the training forward.
+    fn train_inputs(
+        &self,
+        clean: Tensor<3>,
+        noisy: Tensor<3>,
+        t: &[f32],
+        labels: &[i64],
+    ) -> TrainInputs {
         let (blocks, block_len) = (self.config.ar_len, self.config.block_size);
         let seq = blocks * block_len;
         let clean_len = seq - block_len;
-        let cond = self.conditions(t, labels, blocks);
-        let x = Streams {
-            clean: (clean_len > 0).then(|| self.x_embedder.forward(clean.narrow(1, 0, clean_len))),
-            noisy: self.x_embedder.forward(noisy),
-        };
-        let ropes = self.ropes((clean_len > 0).then_some(0..clean_len), 0..seq);
-        let keys = KeyPattern::skip_causal(blocks, block_len, &self.device());
-        self.run(x, cond, &ropes, keys, None)
+        TrainInputs {
+            x: Streams {
+                clean: (clean_len > 0)
+                    .then(|| self.x_embedder.forward(clean.narrow(1, 0, clean_len))),
+                noisy: self.x_embedder.forward(noisy),
+            },
+            cond: self.conditions(t, labels, blocks),
+            ropes: self.ropes((clean_len > 0).then_some(0..clean_len), 0..seq),
+            keys: KeyPattern::skip_causal(blocks, block_len, &self.device()),
+        }
     }
 
     /// One cached sampling call for block `block`.
@@ -194,20 +236,73 @@ impl Acdit {
     /// generated.
     pub fn prefill(&self, clean: Tensor<3>, cache: &mut KvCache) {
         assert!(cache.is_empty(), "a prefill starts from an empty cache");
+        self.clean_path(clean, self.config.depth, Some(cache));
+    }
+
+    /// The clean path as a visual encoder: the hidden states of clean tokens after the first
+    /// `layers` blocks, under the clean-causal part of the Skip-Causal mask (block i sees blocks
+    /// 0..=i), with no timestep and no label. clean: (n, blocks * block_size, latent), blocks 0..
+    /// of the sequence -> (n, tokens, hidden).
+    pub fn encode_clean(&self, clean: Tensor<3>, layers: usize) -> Tensor<3> {
+        self.clean_path(clean, layers, None)
+    }
+
+    /// A full-sequence model (one block, so no clean path) read as DiT-style encoders are: the
+    /// tokens as its noisy input at timestep 0 with the null label, hidden states after the first
+    /// `layers` blocks. x: (n, seq_len, latent) -> (n, seq_len, hidden).
+    pub fn encode_at_timestep_zero(&self, x: Tensor<3>, layers: usize) -> Tensor<3> {
+        assert_eq!(
+            self.config.ar_len, 1,
+            "a DiT-style reading is of a one-block model"
+        );
+        let n = x.dims()[0];
+        let null = vec![self.config.num_classes as i64; n];
+        let cond = silu(self.conditions(&vec![0.0; n], &null, 1));
+        let ropes = self.ropes(None, 0..self.config.seq_len());
+        let mut x = Streams {
+            clean: None,
+            noisy: self.x_embedder.forward(x),
+        };
+        for block in &self.blocks[..layers] {
+            x = block.forward(x, cond.clone(), &ropes, &KeyPattern::All, None, false);
+        }
+        x.noisy
+    }
+
+    /// The final layer at timestep 0 with the null label, over states of
+    /// [`Self::encode_at_timestep_zero`] at full depth: the model's own prediction.
+    #[cfg(test)]
+    pub(crate) fn final_layer_at_timestep_zero(&self, states: Tensor<3>) -> Tensor<3> {
+        let n = states.dims()[0];
+        let null = vec![self.config.num_classes as i64; n];
+        let cond = silu(self.conditions(&vec![0.0; n], &null, 1));
+        self.final_layer.forward(states, cond)
+    }
+
+    /// Runs the first `layers` blocks over clean tokens alone, under the clean-causal mask,
+    /// writing their keys and values into `cache` when one is given.
+    fn clean_path(
+        &self,
+        clean: Tensor<3>,
+        layers: usize,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
         let block_len = self.config.block_size;
         let tokens = clean.dims()[1];
         assert!(
             tokens.is_multiple_of(block_len) && tokens <= self.config.seq_len(),
-            "a prefill takes whole blocks of the sequence: {tokens} tokens"
+            "the clean path takes whole blocks of the sequence: {tokens} tokens"
         );
         let device = self.device();
         let mask = clean_causal_mask(tokens / block_len, block_len);
         let bias = additive_bias(&mask, tokens, tokens, &device);
         let rope = self.rope_table(0..tokens);
         let mut x = self.x_embedder.forward(clean);
-        for (layer, block) in self.blocks.iter().enumerate() {
-            x = block.forward_clean(x, &rope, &bias, CacheUse { cache, layer });
+        for (layer, block) in self.blocks[..layers].iter().enumerate() {
+            let cache_use = cache.as_deref_mut().map(|cache| CacheUse { cache, layer });
+            x = block.forward_clean(x, &rope, &bias, cache_use);
         }
+        x
     }
 
     /// The cache-free reference of a sampling call: recomputes [clean blocks 0..block | noisy
@@ -290,6 +385,14 @@ impl Acdit {
         }
         self.final_layer.forward(x.noisy, cond)
     }
+}
+
+/// What the training forward feeds its blocks.
+struct TrainInputs {
+    x: Streams<Tensor<3>>,
+    cond: Tensor<3>,
+    ropes: StreamRopes,
+    keys: KeyPattern,
 }
 
 #[cfg(test)]

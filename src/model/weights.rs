@@ -32,8 +32,8 @@ fn is_transposed(name: &str, rank: usize) -> bool {
     rank == 2 && name.ends_with(".weight") && !name.contains("embedding_table")
 }
 
-/// Host tensor in reference layout -> burn layout (transposing linear weights).
-fn to_burn_layout(name: &str, t: &HostTensor) -> HostTensor {
+/// Host tensor in reference layout -> burn layout (transposing linear weights), and back.
+pub(crate) fn to_burn_layout(name: &str, t: &HostTensor) -> HostTensor {
     if !is_transposed(name, t.shape.len()) {
         return t.clone();
     }
@@ -175,7 +175,7 @@ impl Acdit {
 
 /// Every parameter's current value, flattened and without autodiff, by reference name.
 /// With `grads`, each parameter's gradient instead (parameters without one are left out).
-pub fn flat_params(model: &Acdit, grads: Option<&Gradients>) -> BTreeMap<String, Tensor<1>> {
+pub fn flat_params<M: Module>(model: &M, grads: Option<&Gradients>) -> BTreeMap<String, Tensor<1>> {
     struct Collect<'a> {
         path: Vec<String>,
         grads: Option<&'a Gradients>,
@@ -211,7 +211,7 @@ pub fn flat_params(model: &Acdit, grads: Option<&Gradients>) -> BTreeMap<String,
 
 /// The model with each parameter replaced by `update(name, flat value)`; shapes, ids and whether a
 /// parameter is trained are kept. `update` gets and returns tensors without autodiff.
-pub fn update_params(model: Acdit, update: impl FnMut(&str, Tensor<1>) -> Tensor<1>) -> Acdit {
+pub fn update_params<M: Module>(model: M, update: impl FnMut(&str, Tensor<1>) -> Tensor<1>) -> M {
     struct Update<F> {
         path: Vec<String>,
         update: F,

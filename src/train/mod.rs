@@ -223,7 +223,7 @@ pub struct Trainer {
 }
 
 /// The shuffle of one epoch, derived from the seed so a resumed run sees the same order.
-fn epoch_order(seed: u64, epoch: u64, n: usize) -> Vec<usize> {
+pub(crate) fn epoch_order(seed: u64, epoch: u64, n: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     order.shuffle(&mut rng);

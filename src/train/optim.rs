@@ -7,7 +7,6 @@ use burn::prelude::*;
 use burn::tensor::Gradients;
 
 use crate::checkpoint::tensors::{HostTensor, NamedTensors};
-use crate::model::Acdit;
 use crate::model::weights::{flat_params, update_params};
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -55,13 +54,26 @@ impl AdamW {
     /// One update at rate `lr`, unless a gradient is not finite: then the model comes back
     /// unchanged, with the moments untouched. Gradients are scaled down so their global norm is at
     /// most `clip` (if given). Returns the model and the norm before clipping.
-    pub fn step_if_finite(
+    pub fn step_if_finite<M: Module>(
         &mut self,
-        model: Acdit,
+        model: M,
         grads: &Gradients,
         lr: f64,
         clip: Option<f64>,
-    ) -> (Acdit, f32) {
+    ) -> (M, f32) {
+        self.step_if_finite_scaled(model, grads, lr, clip, |_| 1.0)
+    }
+
+    /// As [`Self::step_if_finite`], each parameter at rate `lr * lr_scale(name)` (layer-wise
+    /// learning-rate decay in fine-tuning).
+    pub fn step_if_finite_scaled<M: Module>(
+        &mut self,
+        model: M,
+        grads: &Gradients,
+        lr: f64,
+        clip: Option<f64>,
+        lr_scale: impl Fn(&str) -> f64,
+    ) -> (M, f32) {
         let grads = flat_params(&model, Some(grads));
         let norm = Self::grad_norm(&grads);
         if !norm.is_finite() {
@@ -90,6 +102,7 @@ impl AdamW {
             };
             let update = (m.clone() / bias1) / ((v.clone() / bias2).sqrt() + s.eps);
             moments.insert(name.to_string(), (m, v));
+            let lr = lr * lr_scale(name);
             w.clone() - update * lr - w * (lr * s.weight_decay)
         });
         (model, norm)

@@ -135,14 +135,17 @@ pub fn run(trainer: &mut Trainer, dataset: &dyn TrainingSet, dir: &RunDir) -> Re
             dir.checkpoint().display()
         );
     }
+    // A run of no steps (`--steps 0`: the untrained network, a baseline) has no curve to draw.
     let points = read_losses(&dir.metrics())?;
-    plot_loss_curve(&dir.loss_plot(), &points, true)?;
     println!(
-        "checkpoint {}\nEMA weights {}\nloss curve {}",
+        "checkpoint {}\nEMA weights {}",
         dir.checkpoint().display(),
-        dir.ema().display(),
-        dir.loss_plot().display()
+        dir.ema().display()
     );
+    if !points.is_empty() {
+        plot_loss_curve(&dir.loss_plot(), &points, true)?;
+        println!("loss curve {}", dir.loss_plot().display());
+    }
     Ok(())
 }
 
