@@ -270,8 +270,9 @@ impl FeaturesJob {
         let config = model.model.config();
         let layer = self.layer.unwrap_or_else(|| default_layer(config));
         check_layer(config, layer)?;
-        let (images, described) =
-            super::images::load_split(self.data.as_deref(), self.split, config)?;
+        let super::images::ModelSplit {
+            images, described, ..
+        } = super::images::load_split(self.data.as_deref(), self.split, config)?;
         let path = ReadPath::of(config);
         println!(
             "features of {described}: block {layer} of {}, {} pooling, read through {}",

@@ -497,9 +497,10 @@ impl FinetuneJob {
             Some(file) => file.info.model.clone(),
             None => base.config().clone(),
         };
-        let (train, described) = load_split(self.data.as_deref(), Split::Train, &model_config)?;
-        let (test, _) = load_split(self.data.as_deref(), Split::Test, &model_config)?;
-        let data_size = raw_size(self.data.as_deref(), &model_config)?;
+        let train_split = load_split(self.data.as_deref(), Split::Train, &model_config)?;
+        let (train, described) = (train_split.images, train_split.described);
+        let data_size = train_split.stored_size;
+        let test = load_split(self.data.as_deref(), Split::Test, &model_config)?.images;
         let (mut tuner, class_names, base_name) = match &resumed {
             Some(file) => {
                 let path = self.resume.as_deref().expect("resumed from a file");
@@ -592,17 +593,6 @@ impl FinetuneJob {
         );
         Ok(test_accuracy)
     }
-}
-
-/// The side of the data's images before centring (MNIST's 28), for `classify` to accept.
-fn raw_size(data: Option<&Path>, config: &ModelConfig) -> Result<usize> {
-    let (raw, _) = super::images::load_raw_split(
-        data,
-        Split::Test,
-        Some(config.img_hw as u32),
-        config.in_channels,
-    )?;
-    Ok(raw.height)
 }
 
 /// One image's verdict.

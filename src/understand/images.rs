@@ -9,17 +9,25 @@ use crate::data::idx::{DatasetKind, Split, load_mnist_dir, mnist_files, mnist_or
 use crate::data::image_folder::load_image_folder;
 use crate::data::{ImageDataset, scale};
 
+/// A split brought to the model's input.
+pub struct ModelSplit {
+    pub images: ImageDataset,
+    /// What was read, for the user.
+    pub described: String,
+    /// The side of the images as stored, before centring (MNIST's 28).
+    pub stored_size: usize,
+}
+
 /// `split` of `data` (IDX files in the MNIST layout, or a folder of class subfolders), else of
-/// MNIST (fetched, or the subset built into the binary), centred to the model's frame. The string
-/// says what was read.
-pub fn load_split(
-    data: Option<&Path>,
-    split: Split,
-    config: &ModelConfig,
-) -> Result<(ImageDataset, String)> {
+/// MNIST (fetched, or the subset built into the binary), centred to the model's frame.
+pub fn load_split(data: Option<&Path>, split: Split, config: &ModelConfig) -> Result<ModelSplit> {
     let folder_size = Some(config.img_hw as u32);
     let (dataset, described) = load_raw_split(data, split, folder_size, config.in_channels)?;
-    Ok((fit_to_model(dataset, config)?, described))
+    Ok(ModelSplit {
+        stored_size: dataset.height,
+        images: fit_to_model(dataset, config)?,
+        described,
+    })
 }
 
 /// As [`load_split`], but the images as stored (`folder_size` scales and crops images of a class
