@@ -45,16 +45,20 @@ impl RunDir {
     }
 }
 
+/// A flag that Ctrl-C sets, so a run stops between steps and saves what it has. A second Ctrl-C
+/// while the checkpoint is written still only asks to stop.
+pub(crate) fn stop_on_ctrl_c() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    stop
+}
+
 /// Trains until the configured step count or Ctrl-C, writing everything under `dir`.
 pub fn run(trainer: &mut Trainer, dataset: &dyn TrainingSet, dir: &RunDir) -> Result<()> {
     std::fs::create_dir_all(dir.0.join("samples"))
         .with_context(|| format!("creating run folder {}", dir.0.display()))?;
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        // A second Ctrl-C while the checkpoint is written still only asks to stop.
-        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
-    }
+    let stop = stop_on_ctrl_c();
     let mut metrics = OpenOptions::new()
         .create(true)
         .append(true)

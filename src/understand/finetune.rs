@@ -5,8 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -538,11 +537,7 @@ impl FinetuneJob {
                 .file(&class_names, data_size, &base_name)
                 .save(&self.out)
         };
-        let stop = Arc::new(AtomicBool::new(false));
-        {
-            let stop = stop.clone();
-            let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
-        }
+        let stop = crate::train::run::stop_on_ctrl_c();
         let bar = ProgressBar::new(tuner.progress.total_steps)
             .with_position(tuner.progress.step)
             .with_style(
