@@ -1,6 +1,7 @@
 //! Checks against vectors made by the paper's reference PyTorch code (`tests/data/conformance`):
 //! the token layout, the mask and positions, a training forward, and blockwise sampling with and
-//! without the KV cache. `acdit conform DIR` and the tests both run [`check_folder`].
+//! without the KV cache; and, for a diffusers VAE folder, its encoder and decoder against
+//! diffusers'. `acdit conform DIR` and the tests both run [`check_folder`].
 
 use std::path::Path;
 
@@ -19,6 +20,7 @@ use crate::model::Acdit;
 /// Tolerances the reference vectors are held to, relative to the largest reference value.
 pub const FORWARD_TOLERANCE: f64 = 1e-4;
 pub const SAMPLE_TOLERANCE: f64 = 1e-3;
+pub const VAE_TOLERANCE: f64 = 1e-4;
 
 /// One compared output.
 #[derive(Debug, Clone)]
@@ -76,6 +78,9 @@ pub fn check_folder(dir: &Path, device: &Device) -> anyhow::Result<Vec<Check>> {
     if !dir.is_dir() {
         anyhow::bail!("{} is not a folder of conformance vectors", dir.display());
     }
+    if dir.join(crate::vae::WEIGHTS_FILE).is_file() {
+        return check_vae_folder(dir, device);
+    }
     let config = ModelConfig::from_reference_json(&dir.join("config.json"))?;
     let weights_path = dir.join("weights.safetensors");
     let weights = crate::checkpoint::tensors::read_safetensors(&weights_path)?;
@@ -102,6 +107,42 @@ pub fn check_folder(dir: &Path, device: &Device) -> anyhow::Result<Vec<Check>> {
         for kv_cache in [true, false] {
             checks.extend(check_sampling(dir, &model, tag, cfg, steps, kv_cache)?);
         }
+    }
+    Ok(checks)
+}
+
+/// A diffusers VAE folder with `vectors.safetensors`: the posterior's mean and log-variance of
+/// `image`, and `decode(latents)`.
+fn check_vae_folder(dir: &Path, device: &Device) -> anyhow::Result<Vec<Check>> {
+    let vae = crate::vae::Vae::from_dir(dir, device)?;
+    let vectors = SafetensorsFile::open(&dir.join("vectors.safetensors"))?;
+    let upload4 = |name: &str| -> anyhow::Result<Tensor<4>> {
+        let t = vectors.f32(name)?;
+        let shape: [usize; 4] =
+            t.shape.clone().try_into().map_err(|_| {
+                anyhow::anyhow!("{name} in {}: expected 4 dimensions", dir.display())
+            })?;
+        Ok(Tensor::<1>::from_floats(t.data.as_slice(), device).reshape(shape))
+    };
+    let host4 = |t: Tensor<4>| {
+        t.into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .expect("f32")
+    };
+    let moments = vae.encode(upload4("image")?);
+    let decoded = vae.decode(upload4("latents")?);
+    let mut checks = Vec::new();
+    for (name, ours) in [
+        ("mean", moments.mean),
+        ("logvar", moments.logvar),
+        ("decoded", decoded),
+    ] {
+        checks.push(Check {
+            name: format!("VAE {name}"),
+            error: relative_error(&host4(ours), &vectors.f32(name)?.data),
+            tolerance: VAE_TOLERANCE,
+        });
     }
     Ok(checks)
 }
@@ -270,9 +311,10 @@ mod tests {
 
     #[test]
     fn every_reference_vector_folder_conforms() {
-        for model in ["img_tiny", "vid_tiny"] {
+        for model in ["img_tiny", "vid_tiny", "vae_tiny"] {
             let dir = crate::testing::conformance_dir().join(model);
             let checks = check_folder(&dir, &Device::flex()).unwrap();
+            assert!(!checks.is_empty(), "{model}");
             let failed: Vec<_> = checks.iter().filter(|c| !c.passed()).collect();
             assert!(failed.is_empty(), "{}: {failed:#?}", dir.display());
         }

@@ -15,6 +15,7 @@ pub mod data;
 pub mod device;
 pub mod diffusion;
 pub mod fused;
+pub mod latents;
 pub mod layout;
 pub mod mask;
 pub mod model;
@@ -22,6 +23,7 @@ pub mod output;
 pub mod sampling;
 pub mod train;
 pub mod understand;
+pub mod vae;
 pub mod video;
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use acdit::data::fetch::fetch;
 use acdit::data::idx::{DatasetKind, Split, mnist_or_built_in};
 use acdit::diffusion::SamplerKind;
 use acdit::diffusion::blockwise::{Generation, Window};
+use acdit::latents::CacheLatentsJob;
 use acdit::sampling::{SampleJob, SamplingModel, load_model, run_job};
 use acdit::train::TrainConfig;
 use acdit::train::job::{TrainJob, TrainOverrides, TrainPreset};
@@ -21,6 +22,7 @@ use acdit::train::lr::LrSchedule;
 use acdit::understand::features::{FeaturesJob, Pool};
 use acdit::understand::finetune::{FinetuneConfig, FinetuneJob, classify};
 use acdit::understand::probe::{ProbeInput, ProbeJob};
+use acdit::vae::NamedVae;
 use acdit::video::clips::ClipLayout;
 use acdit::video::eval::EvalVideoJob;
 use acdit::video::moving_mnist::{MovingMnistJob, MovingMnistSpec};
@@ -103,12 +105,51 @@ enum Command {
     },
     /// Measure training and sampling speed at the benchmark configuration.
     Bench(BenchArgs),
+    /// Encode an image folder (one subfolder a class) once through the VAE into latent shards
+    /// that `acdit train --data` reads; rerun, it keeps finished shards.
+    CacheLatents(CacheLatentsArgs),
     /// Check this implementation against folders of reference vectors.
     Conform {
-        /// Folders made by the reference code (config.json, weights.safetensors, ...).
+        /// Folders made by the reference code (config.json, weights.safetensors, ...), or a
+        /// diffusers VAE folder with vectors.safetensors.
         #[arg(required = true)]
         dirs: Vec<PathBuf>,
     },
+}
+
+#[derive(Args)]
+struct CacheLatentsArgs {
+    /// ImageNet layout: one subfolder a class (class ids by sorted name), PNG or JPEG images.
+    #[arg(long)]
+    images: PathBuf,
+    /// The latent folder: manifest.json and shard-NNNNN.safetensors.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    vae: VaeArg,
+    /// Side of ADM's centre crop, in pixels (256 for the paper's ImageNet models).
+    #[arg(long, default_value_t = 256)]
+    resolution: usize,
+    /// Also encode each image mirrored left to right.
+    #[arg(long)]
+    flip: bool,
+    /// Latents a shard.
+    #[arg(long, default_value_t = 1024)]
+    shard_size: usize,
+    /// Images encoded at once.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    #[command(flatten)]
+    device: DeviceArg,
+}
+
+/// Which VAE, for latent models.
+#[derive(Args)]
+struct VaeArg {
+    /// A diffusers VAE folder (config.json, diffusion_pytorch_model.safetensors); with the `hub`
+    /// feature also a hub id such as stabilityai/sd-vae-ft-ema or facebook/DiT-XL-2-256/vae.
+    #[arg(long = "vae", required = true)]
+    name: String,
 }
 
 #[derive(Subcommand)]
@@ -214,9 +255,10 @@ impl ModelArgs {
 /// How each block is denoised.
 #[derive(Args)]
 struct GenerationArgs {
-    /// Classifier-free guidance scale (1 = none; the paper's FID figures use 1.5).
-    #[arg(long, visible_alias = "guidance-scale", default_value_t = Generation::default().cfg)]
-    cfg: f64,
+    /// Classifier-free guidance scale (1 = none) [default: the paper's for a release checkpoint,
+    /// 1.5 for images and 2.5 for video; else 3].
+    #[arg(long, visible_alias = "guidance-scale")]
+    cfg: Option<f64>,
     /// Denoising steps per block.
     #[arg(long, default_value_t = Generation::default().steps)]
     steps: usize,
@@ -229,11 +271,11 @@ struct GenerationArgs {
 }
 
 impl GenerationArgs {
-    fn generation(&self) -> Generation {
+    fn generation(&self, model: &SamplingModel) -> Generation {
         Generation {
             sampler: self.sampler,
             steps: self.steps,
-            cfg: self.cfg,
+            cfg: self.cfg.unwrap_or(model.guidance),
             kv_cache: !self.no_kv_cache,
         }
     }
@@ -264,6 +306,10 @@ struct SampleArgs {
     /// video a GIF per clip and clips.npz (uint8 (N, F, H, W) `clips`, `labels`).
     #[arg(long)]
     out_dir: Option<PathBuf>,
+    /// For a latent model: the VAE that decodes its latents (a diffusers folder; with the `hub`
+    /// feature a hub id) [default: the one its weights record].
+    #[arg(long)]
+    vae: Option<String>,
     #[command(flatten)]
     rollout: RolloutArgs,
     #[command(flatten)]
@@ -355,7 +401,8 @@ struct TrainArgs {
     /// A training config (JSON or TOML) instead of a preset; --print-config writes one.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// IDX files (MNIST layout) or a folder of class subfolders. Default: the preset's dataset
+    /// IDX files (MNIST layout), a folder of class subfolders, or a latent folder from
+    /// `acdit cache-latents` (which picks the latent recipe). Default: the preset's dataset
     /// under data/, else the MNIST subset built into the binary.
     #[arg(long)]
     data: Option<PathBuf>,
@@ -368,6 +415,9 @@ struct TrainArgs {
     /// Print the resolved training config as TOML and exit.
     #[arg(long)]
     print_config: bool,
+    /// For latent data: the VAE that decodes the sample grids [default: the latents' own].
+    #[arg(long)]
+    vae: Option<String>,
     #[arg(long, help = with_preset_values("Total optimizer steps", |c| c.steps.to_string()))]
     steps: Option<u64>,
     #[arg(long, help = with_preset_values("Images (or clips) a step", |c| c.batch_size.to_string()))]
@@ -569,6 +619,7 @@ fn main() -> Result<()> {
             sample_rounds: args.sample_rounds,
             device: args.device.device()?,
         }),
+        Command::CacheLatents(args) => cache_latents(args),
         Command::Conform { dirs } => conform(&dirs),
     }
 }
@@ -608,11 +659,15 @@ fn moving_mnist(args: MovingMnistArgs) -> Result<()> {
 }
 
 fn sample(args: SampleArgs) -> Result<()> {
-    let model = args.model.load(Some("mnist"), &args.device.device()?)?;
+    let device = args.device.device()?;
+    let model = args
+        .model
+        .load(Some("mnist"), &device)?
+        .with_vae(args.vae.as_deref(), &device)?;
     let job = SampleJob {
         classes: args.classes,
         per_class: args.per_class,
-        generation: args.generation.generation(),
+        generation: args.generation.generation(&model),
         seed: args.seed,
         batch: args.batch,
         grid: args.out,
@@ -631,7 +686,7 @@ fn predict(args: PredictArgs) -> Result<()> {
         context_frames: args.context_frames,
         frames: args.rollout.frames,
         clips: args.clips,
-        generation: args.generation.generation(),
+        generation: args.generation.generation(&model),
         seed: args.seed,
         batch: args.batch,
         window: args.rollout.window(&model.model),
@@ -698,12 +753,36 @@ fn train(args: TrainArgs) -> Result<()> {
             checkpoint_every: args.checkpoint_every,
             sample_every: args.sample_every,
         },
+        vae: args.vae,
     };
     if args.print_config {
         print!("{}", toml::to_string_pretty(&job.resolve()?.config)?);
         return Ok(());
     }
     job.run(&args.device.device()?.autodiff())
+}
+
+fn cache_latents(args: CacheLatentsArgs) -> Result<()> {
+    let device = args.device.device()?;
+    let vae = NamedVae::load(&args.vae.name, &device)?;
+    let report = CacheLatentsJob {
+        images: args.images,
+        out: args.out.clone(),
+        vae_name: args.vae.name,
+        resolution: args.resolution,
+        flip: args.flip,
+        shard_size: args.shard_size,
+        batch: args.batch,
+    }
+    .run(&vae.vae, &device)?;
+    println!(
+        "{} latents in {}: {} shards written, {} kept from an earlier run",
+        report.items,
+        args.out.display(),
+        report.written,
+        report.kept
+    );
+    Ok(())
 }
 
 fn conform(dirs: &[PathBuf]) -> Result<()> {

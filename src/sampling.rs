@@ -13,11 +13,14 @@ use rand_distr::StandardNormal;
 
 use crate::checkpoint::load::{WeightsKind, WeightsSource, load_weights};
 use crate::config::ModelConfig;
-use crate::diffusion::blockwise::{Generation, Observer, Window, generate_after, rollout};
+use crate::diffusion::blockwise::{
+    DEFAULT_GUIDANCE, Generation, Observer, Window, generate_after, rollout,
+};
 use crate::diffusion::schedule::NoiseSchedule;
 use crate::layout::{patchify, unpatchify};
 use crate::model::Acdit;
 use crate::output::{GridLayout, ImageBatch, write_image_pngs, write_labeled_grid, write_npz};
+use crate::vae::NamedVae;
 use crate::video::output::{clips_from_pixels, write_clip_files};
 
 /// Image `index`'s own noise stream: the same seed gives the same image whatever the batch size.
@@ -222,10 +225,85 @@ fn sample_chunk(
     pixels
 }
 
-/// A model ready to sample, with a name for each class.
+/// A model ready to sample, with a name for each class, its guidance scale, and for a latent
+/// model the VAE that turns its latents into pixels.
 pub struct SamplingModel {
     pub model: Acdit,
     pub class_names: Vec<String>,
+    /// The guidance scale used unless asked otherwise: the paper's (1.5 for images, 2.5 for
+    /// video) for a release checkpoint, else [`crate::diffusion::blockwise::DEFAULT_GUIDANCE`].
+    pub guidance: f64,
+    /// The VAE the weights' file names (our latent models record it).
+    pub recorded_vae: Option<String>,
+    pub vae: Option<NamedVae>,
+}
+
+impl SamplingModel {
+    /// A pixel model sampled at [`DEFAULT_GUIDANCE`].
+    pub fn new(model: Acdit, class_names: Vec<String>) -> Self {
+        Self {
+            model,
+            class_names,
+            guidance: DEFAULT_GUIDANCE,
+            recorded_vae: None,
+            vae: None,
+        }
+    }
+
+    /// Attaches the VAE `name` (else the recorded one) to a latent model; a pixel model needs
+    /// none and refuses one.
+    pub fn with_vae(mut self, name: Option<&str>, device: &Device) -> anyhow::Result<Self> {
+        let config = self.model.config();
+        let pixel_model = matches!(config.in_channels, 1 | 3) && self.recorded_vae.is_none();
+        let Some(name) = name.or(self.recorded_vae.as_deref()) else {
+            if !pixel_model {
+                anyhow::bail!(
+                    "this model makes latents of {} channels: pass --vae DIR (a diffusers VAE folder, e.g. the SD-VAE's)",
+                    config.in_channels
+                );
+            }
+            return Ok(self);
+        };
+        let vae = NamedVae::load(name, device)?;
+        if vae.vae.config().latent_channels != config.in_channels {
+            anyhow::bail!(
+                "the VAE {name} has {} latent channels, the model {}",
+                vae.vae.config().latent_channels,
+                config.in_channels
+            );
+        }
+        self.vae = Some(vae);
+        Ok(self)
+    }
+
+    /// The model's output (n, frames, channels, h, w) as pixels (see [`output_pixels`]).
+    pub fn to_pixels(
+        &self,
+        output: Vec<f32>,
+        n: usize,
+        frames: usize,
+    ) -> anyhow::Result<(Vec<f32>, [usize; 3])> {
+        output_pixels(self.model.config(), self.vae.as_ref(), output, n * frames)
+    }
+}
+
+/// The output of `config`'s model for `frames` frames in all, each (channels, h, w), as pixels:
+/// itself for a pixel model, decoded through `vae` for a latent one. Returns the pixels and one
+/// frame's (channels, height, width).
+pub fn output_pixels(
+    config: &ModelConfig,
+    vae: Option<&NamedVae>,
+    output: Vec<f32>,
+    frames: usize,
+) -> anyhow::Result<(Vec<f32>, [usize; 3])> {
+    let (c, hw) = (config.in_channels, config.img_hw);
+    match vae {
+        None => Ok((output, [c, hw, hw])),
+        Some(vae) => {
+            let (pixels, [_, c, h, w]) = vae.decode_latents(&output, [frames, c, hw, hw], 8)?;
+            Ok((pixels, [c, h, w]))
+        }
+    }
 }
 
 /// Loads weights from `source` (see [`load_weights`]) into a model on `device`.
@@ -249,7 +327,11 @@ pub fn load_model(
         .class_names
         .filter(|names| names.len() == config.num_classes)
         .unwrap_or_else(|| (0..config.num_classes).map(|c| c.to_string()).collect());
-    Ok(SamplingModel { model, class_names })
+    Ok(SamplingModel {
+        guidance: loaded.guidance.unwrap_or(DEFAULT_GUIDANCE),
+        recorded_vae: loaded.vae,
+        ..SamplingModel::new(model, class_names)
+    })
 }
 
 /// What `acdit sample` was asked for.
@@ -369,7 +451,7 @@ pub fn run_job(sampling: &SamplingModel, job: &SampleJob) -> anyhow::Result<()> 
         .expect("valid template"),
     );
     let started = std::time::Instant::now();
-    let pixels = sample_clips(
+    let output = sample_clips(
         model,
         &labels,
         &extent,
@@ -383,12 +465,13 @@ pub fn run_job(sampling: &SamplingModel, job: &SampleJob) -> anyhow::Result<()> 
         },
     );
     bar.finish_and_clear();
+    let (pixels, frame) = sampling.to_pixels(output, labels.len(), extent.frames)?;
     let class_names = &sampling.class_names;
     let names: Vec<&str> = labels
         .iter()
         .map(|&c| class_names[c as usize].as_str())
         .collect();
-    let (batch, layout) = sample_grid(config, extent.frames, &pixels, &names, job.per_class)?;
+    let (batch, layout) = sample_grid(frame, extent.frames, &pixels, &names, job.per_class)?;
     write_labeled_grid(&job.grid, &batch, &layout)?;
     println!(
         "{} {} in {:.1}s -> {}",
@@ -401,11 +484,20 @@ pub fn run_job(sampling: &SamplingModel, job: &SampleJob) -> anyhow::Result<()> 
         started.elapsed().as_secs_f64(),
         job.grid.display()
     );
-    if let Some(dir) = job.out_dir.as_ref().filter(|_| config.temporal_len > 1) {
-        let shape = [labels.len(), extent.frames, config.img_hw, config.img_hw];
+    let grey_video = config.temporal_len > 1 && frame[0] == 1;
+    if let Some(dir) = job.out_dir.as_ref().filter(|_| grey_video) {
+        let shape = [labels.len(), extent.frames, frame[1], frame[2]];
         let clips = clips_from_pixels(&pixels, shape, Some(labels.clone()))?;
         write_clip_files(dir, "clips.npz", &clips, &names, None)?;
         println!("a GIF per clip and clips.npz in {}", dir.display());
+    } else if let Some(dir) = job.out_dir.as_ref().filter(|_| config.temporal_len > 1) {
+        // Colour clips (a latent video model's): a PNG a frame, named by clip, class and frame.
+        let frame_names: Vec<String> = names
+            .iter()
+            .flat_map(|name| (0..extent.frames).map(move |f| format!("{name}-f{f:02}")))
+            .collect();
+        write_image_pngs(dir, &batch, &frame_names)?;
+        println!("one PNG per frame in {}", dir.display());
     } else if let Some(dir) = &job.out_dir {
         write_image_pngs(dir, &batch, &names)?;
         let [n, c, h, w] = batch.shape();
@@ -423,18 +515,13 @@ pub fn run_job(sampling: &SamplingModel, job: &SampleJob) -> anyhow::Result<()> 
 /// The sample grid of `pixels` (n, frames, c, h, w), whose item k is of class `names[k]`: for
 /// images one row per class of `per_class` images, for video one row per clip, a column a frame.
 pub fn sample_grid<'a>(
-    config: &crate::config::ModelConfig,
+    [c, h, w]: [usize; 3],
     frames: usize,
     pixels: &'a [f32],
     names: &[&str],
     per_class: usize,
 ) -> anyhow::Result<(ImageBatch<'a>, GridLayout)> {
-    let shape = [
-        names.len() * frames,
-        config.in_channels,
-        config.img_hw,
-        config.img_hw,
-    ];
+    let shape = [names.len() * frames, c, h, w];
     let batch = ImageBatch::new(pixels, shape)?;
     let layout = if frames == 1 {
         let rows: Vec<&str> = names.iter().copied().step_by(per_class).collect();
@@ -453,10 +540,10 @@ mod tests {
 
     /// A tiny untrained model with ten class names, for the job tests.
     fn tiny_model() -> SamplingModel {
-        SamplingModel {
-            model: Acdit::new(&tiny_config(2), &Device::flex()),
-            class_names: (0..10).map(|c| c.to_string()).collect(),
-        }
+        SamplingModel::new(
+            Acdit::new(&tiny_config(2), &Device::flex()),
+            (0..10).map(|c| c.to_string()).collect(),
+        )
     }
 
     /// Two of classes 1 and 2, two unguided steps a block.

@@ -61,7 +61,15 @@ pub struct LoadedWeights {
     pub config: ModelConfig,
     pub tensors: NamedTensors,
     pub class_names: Option<Vec<String>>,
+    /// The guidance scale the file's makers sample with: the paper's for a release checkpoint.
+    pub guidance: Option<f64>,
+    /// The VAE whose latents the model makes, as our latent runs record it.
+    pub vae: Option<String>,
 }
+
+/// The paper's guidance scales: 1.5 for ImageNet, 2.5 for UCF-101.
+pub const RELEASE_IMAGE_GUIDANCE: f64 = 1.5;
+pub const RELEASE_VIDEO_GUIDANCE: f64 = 2.5;
 
 /// Reads the weights. The config comes from `config` if given, else from the file's own
 /// metadata (ours) or run settings (the release's `args`), else from a `config.json` beside the
@@ -75,12 +83,16 @@ pub fn load_weights(
         WeightsSource::BuiltIn(model) => {
             let label = PathBuf::from(format!("<built-in model {}>", model.name));
             let file = SafetensorsFile::from_bytes(&label, model.safetensors.to_vec())?;
-            let (tensors, embedded, class_names) = read_safetensors_weights(&file, &label, kind)?;
-            let config = embedded.context("the built-in model carries no config")?;
+            let read = read_safetensors_weights(&file, &label, kind)?;
+            let config = read
+                .config
+                .context("the built-in model carries no config")?;
             return Ok(LoadedWeights {
                 config,
-                tensors,
-                class_names,
+                tensors: read.tensors,
+                class_names: read.class_names,
+                guidance: None,
+                vae: read.vae,
             });
         }
         WeightsSource::File(path) => path,
@@ -88,12 +100,12 @@ pub fn load_weights(
     let is_torch = path
         .extension()
         .is_some_and(|e| e == "pt" || e == "pth" || e == "bin");
-    let (tensors, embedded_config, class_names) = if is_torch {
+    let read = if is_torch {
         read_torch_weights(path, kind, config.is_none())?
     } else {
         read_safetensors_weights(&SafetensorsFile::open(path)?, path, kind)?
     };
-    let config = match (config, embedded_config) {
+    let config = match (config, read.config) {
         (Some(file), _) => {
             ModelConfig::from_file(file).or_else(|_| ModelConfig::from_reference_json(file))?
         }
@@ -108,10 +120,17 @@ pub fn load_weights(
             ModelConfig::from_reference_json(&beside)?
         }
     };
+    let guidance = read.from_release.then_some(if config.temporal_len > 1 {
+        RELEASE_VIDEO_GUIDANCE
+    } else {
+        RELEASE_IMAGE_GUIDANCE
+    });
     Ok(LoadedWeights {
         config,
-        tensors,
-        class_names,
+        tensors: read.tensors,
+        class_names: read.class_names,
+        guidance,
+        vae: read.vae,
     })
 }
 
@@ -120,7 +139,15 @@ fn sibling_config(path: &Path) -> Option<PathBuf> {
     candidate.exists().then_some(candidate)
 }
 
-type FileWeights = (NamedTensors, Option<ModelConfig>, Option<Vec<String>>);
+/// What one weights file holds besides the tensors.
+struct FileWeights {
+    tensors: NamedTensors,
+    config: Option<ModelConfig>,
+    class_names: Option<Vec<String>>,
+    vae: Option<String>,
+    /// A torch checkpoint with the release's `args`.
+    from_release: bool,
+}
 
 /// A release checkpoint `{"model", "ema", "args"}` (or a bare state dict). With `want_config`, the
 /// config is built from `args` when the file has them.
@@ -136,7 +163,8 @@ fn read_torch_weights(path: &Path, kind: WeightsKind, want_config: bool) -> Resu
     };
     let tensors = checkpoint.state_dict(key)?;
     let args = checkpoint.args();
-    let config = if want_config && !args.is_empty() {
+    let from_release = !args.is_empty();
+    let config = if want_config && from_release {
         Some(
             config_from_release(&args, &tensors)
                 .with_context(|| format!("{}: building the model from args", path.display()))?,
@@ -144,7 +172,13 @@ fn read_torch_weights(path: &Path, kind: WeightsKind, want_config: bool) -> Resu
     } else {
         None
     };
-    Ok((tensors, config, None))
+    Ok(FileWeights {
+        tensors,
+        config,
+        class_names: None,
+        vae: None,
+        from_release,
+    })
 }
 
 /// Our files carry `model_config` (and `class_names`) metadata; training checkpoints prefix the
@@ -186,5 +220,11 @@ fn read_safetensors_weights(
     if tensors.is_empty() {
         bail!("{}: no `{key}` weights in this file", path.display());
     }
-    Ok((tensors, config, class_names))
+    Ok(FileWeights {
+        tensors,
+        config,
+        class_names,
+        vae: metadata.get("vae").cloned(),
+        from_release: false,
+    })
 }

@@ -182,6 +182,132 @@ mod tests {
         }
     }
 
+    /// Every tensor the reference's `ACDiT` (models.py) registers, with its PyTorch shape, for
+    /// `depth` blocks of width `hidden`: what a release checkpoint's `model` holds.
+    fn reference_shapes(
+        hidden: usize,
+        depth: usize,
+        latent: usize,
+        classes: usize,
+    ) -> BTreeMap<String, Vec<usize>> {
+        let mut shapes = BTreeMap::from([
+            ("x_embedder.weight".to_string(), vec![hidden, latent]),
+            ("t_embedder.mlp.0.weight".into(), vec![hidden, 256]),
+            ("t_embedder.mlp.0.bias".into(), vec![hidden]),
+            ("t_embedder.mlp.2.weight".into(), vec![hidden, hidden]),
+            ("t_embedder.mlp.2.bias".into(), vec![hidden]),
+            (
+                "y_embedder.embedding_table.weight".into(),
+                vec![classes + 1, hidden],
+            ),
+            ("final_layer.norm_final.weight".into(), vec![hidden]),
+            ("final_layer.linear.weight".into(), vec![latent, hidden]),
+            ("final_layer.linear.bias".into(), vec![latent]),
+            (
+                "final_layer.adaLN_modulation.1.weight".into(),
+                vec![2 * hidden, hidden],
+            ),
+            (
+                "final_layer.adaLN_modulation.1.bias".into(),
+                vec![2 * hidden],
+            ),
+        ]);
+        for i in 0..depth {
+            for (name, shape) in [
+                ("norm1.weight", vec![hidden]),
+                ("norm2.weight", vec![hidden]),
+                ("attn.qkv.weight", vec![3 * hidden, hidden]),
+                ("attn.qkv.bias", vec![3 * hidden]),
+                ("attn.q_norm.weight", vec![HEAD_DIM]),
+                ("attn.k_norm.weight", vec![HEAD_DIM]),
+                ("attn.proj.weight", vec![hidden, hidden]),
+                ("attn.proj.bias", vec![hidden]),
+                ("mlp.fc1.weight", vec![4 * hidden, hidden]),
+                ("mlp.fc1.bias", vec![4 * hidden]),
+                ("mlp.fc2.weight", vec![hidden, 4 * hidden]),
+                ("mlp.fc2.bias", vec![hidden]),
+                ("adaLN_modulation.1.weight", vec![6 * hidden, hidden]),
+                ("adaLN_modulation.1.bias", vec![6 * hidden]),
+            ] {
+                shapes.insert(format!("blocks.{i}.{name}"), shape);
+            }
+        }
+        shapes
+    }
+
+    #[test]
+    fn the_reference_listing_names_what_the_tiny_release_file_holds() {
+        let dir = conformance_dir().join("img_tiny");
+        let weights = TorchCheckpoint::open(&dir.join("checkpoint.pt"))
+            .unwrap()
+            .state_dict("model")
+            .unwrap();
+        let found: BTreeMap<String, Vec<usize>> = weights
+            .iter()
+            .map(|(name, t)| (name.clone(), t.shape.clone()))
+            .collect();
+        assert_eq!(found, reference_shapes(128, 2, 4, 10));
+    }
+
+    /// The four published checkpoints' layouts (ImageNet 256 and UCF-101 at XL and H), with
+    /// constant weights in place of the downloads: the model built from `args` expects exactly
+    /// their names and shapes, and the image models load them (the video ones differ only in
+    /// the width of `x_embedder` and `final_layer.linear`, which the shape check covers).
+    #[test]
+    fn the_release_layouts_at_xl_and_h_load() {
+        use crate::checkpoint::module_io::expected_shapes;
+        use crate::checkpoint::tensors::HostTensor;
+        use crate::model::Acdit;
+        use crate::model::weights::REFERENCE_NAMING;
+        use burn::prelude::Device;
+
+        for (name, preset) in [("ACDiT-XL", Preset::Xl), ("ACDiT-H", Preset::H)] {
+            for video in [false, true] {
+                let (depth, hidden) = preset.size();
+                let (frames, patch, classes) = if video { (16, 2, 101) } else { (1, 1, 1000) };
+                let latent = 4 * patch * patch;
+                let tokens_a_frame = (256 / 8 / patch) * (256 / 8 / patch);
+                let block_size = if video {
+                    4 * tokens_a_frame
+                } else {
+                    tokens_a_frame / 4
+                };
+                let args = BTreeMap::from([
+                    ("model".to_string(), ArgValue::Str(name.into())),
+                    ("image_size".into(), ArgValue::Int(256)),
+                    ("vae_patch_pixels".into(), ArgValue::Int(8)),
+                    ("vae_latent_size".into(), ArgValue::Int(4)),
+                    ("patch_size".into(), ArgValue::Int(patch as i64)),
+                    ("num_frames".into(), ArgValue::Int(frames as i64)),
+                    ("block_size".into(), ArgValue::Int(block_size as i64)),
+                    ("ar_len".into(), ArgValue::Int(4)),
+                    ("nd_split".into(), ArgValue::None),
+                ]);
+                let shapes = reference_shapes(hidden, depth, latent, classes);
+                let weights: NamedTensors = shapes
+                    .iter()
+                    .map(|(name, shape)| {
+                        let data = vec![0.01; shape.iter().product()];
+                        let shape = shape.clone();
+                        (name.clone(), HostTensor { shape, data })
+                    })
+                    .collect();
+                let config = config_from_release(&args, &weights).unwrap();
+                if !video {
+                    assert_eq!(config, ModelConfig::imagenet256(preset), "{name}");
+                }
+                assert_eq!(config.temporal_len, frames);
+                let model = Acdit::new(&config, &Device::flex());
+                assert_eq!(expected_shapes(&model, &REFERENCE_NAMING), shapes, "{name}");
+                if !video {
+                    let model = model.load_tensors(&weights).unwrap();
+                    let params: usize = shapes.values().map(|s| s.iter().product::<usize>()).sum();
+                    assert_eq!(burn::module::Module::num_params(&model), params);
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_preset_that_does_not_fit_the_weights_is_named() {
         let dir = conformance_dir().join("img_tiny");

@@ -223,6 +223,49 @@ pub fn read_safetensors(path: &Path) -> Result<NamedTensors, CheckpointError> {
         .collect()
 }
 
+/// Writes `values` (f32, of `shape`) under `name` and `labels` (int64, one per row) to `path`
+/// atomically, with string `metadata`: the layout of every labelled set we write (features,
+/// latent shards). The header's keys are sorted, so the same contents give the same bytes (the
+/// safetensors crate writes its metadata in hash order).
+pub fn write_labelled_atomic(
+    path: &Path,
+    name: &str,
+    shape: &[usize],
+    values: &[f32],
+    labels: &[i64],
+    metadata: BTreeMap<String, String>,
+) -> std::io::Result<()> {
+    let values: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let label_bytes: Vec<u8> = labels.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let tensors = [
+        (name, "F32", shape.to_vec(), values.as_slice()),
+        ("labels", "I64", vec![labels.len()], label_bytes.as_slice()),
+    ];
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!(metadata));
+    let mut offset = 0;
+    for (name, dtype, shape, bytes) in &tensors {
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + bytes.len()]}),
+        );
+        offset += bytes.len();
+    }
+    let mut header = serde_json::to_vec(&header).map_err(std::io::Error::other)?;
+    // The data section starts 8-aligned, as the safetensors crate pads it.
+    header.resize(header.len().next_multiple_of(8), b' ');
+    crate::atomic::write_atomic(path, |temp| {
+        use std::io::Write;
+        let mut file = std::io::BufWriter::new(fs::File::create(temp)?);
+        file.write_all(&(header.len() as u64).to_le_bytes())?;
+        file.write_all(&header)?;
+        for (_, _, _, bytes) in &tensors {
+            file.write_all(bytes)?;
+        }
+        file.flush()
+    })
+}
+
 /// Lets safetensors serialise a `HostTensor` one tensor at a time, so writing
 /// never holds a second copy of the whole model in memory.
 struct F32View<'a>(&'a HostTensor);

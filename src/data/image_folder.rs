@@ -22,42 +22,29 @@ pub fn load_image_folder(
     if channels != 1 && channels != 3 {
         return Err(DataError::Channels(channels));
     }
-    let classes = sorted_entries(root, |path| path.is_dir())?;
-    if classes.is_empty() {
-        return Err(DataError::NoClasses {
-            path: root.to_owned(),
-        });
-    }
+    let (class_names, files) = list_image_folder(root)?;
     let mut images = Vec::new();
     let mut labels = Vec::new();
     let mut shape = None;
-    for (label, class_dir) in (0..).zip(&classes) {
-        let files = sorted_entries(class_dir, is_image_file)?;
-        if files.is_empty() {
-            return Err(DataError::NoImages {
-                path: class_dir.clone(),
+    for (file, label) in files {
+        let image = decode(&file, channels)?;
+        let image = match size {
+            Some(size) => resize_and_crop(image, size),
+            None => image,
+        };
+        let (width, height) = (image.width(), image.height());
+        let (expected_width, expected_height) = *shape.get_or_insert((width, height));
+        if (width, height) != (expected_width, expected_height) {
+            return Err(DataError::SizeMismatch {
+                path: file,
+                width,
+                height,
+                expected_width,
+                expected_height,
             });
         }
-        for file in files {
-            let image = decode(&file, channels)?;
-            let image = match size {
-                Some(size) => resize_and_crop(image, size),
-                None => image,
-            };
-            let (width, height) = (image.width(), image.height());
-            let (expected_width, expected_height) = *shape.get_or_insert((width, height));
-            if (width, height) != (expected_width, expected_height) {
-                return Err(DataError::SizeMismatch {
-                    path: file,
-                    width,
-                    height,
-                    expected_width,
-                    expected_height,
-                });
-            }
-            push_chw(&mut images, &image, channels);
-            labels.push(label);
-        }
+        push_chw(&mut images, &image, channels);
+        labels.push(label);
     }
     let (width, height) = shape.expect("every class has an image");
     Ok(ImageDataset {
@@ -67,12 +54,38 @@ pub fn load_image_folder(
         channels,
         height: height as usize,
         width: width as usize,
-        num_classes: classes.len(),
-        class_names: classes
-            .iter()
-            .map(|dir| dir.file_name().unwrap().to_string_lossy().into_owned())
-            .collect(),
+        num_classes: class_names.len(),
+        class_names,
     })
+}
+
+/// The class names (sorted folder names) of a folder, and every image file with its class id.
+pub type FolderListing = (Vec<String>, Vec<(PathBuf, u32)>);
+
+/// The listing of `root`, in class then file-name order. A folder without classes, or a class
+/// without images, is an error.
+pub fn list_image_folder(root: &Path) -> Result<FolderListing, DataError> {
+    let classes = sorted_entries(root, |path| path.is_dir())?;
+    if classes.is_empty() {
+        return Err(DataError::NoClasses {
+            path: root.to_owned(),
+        });
+    }
+    let mut files = Vec::new();
+    for (label, class_dir) in (0..).zip(&classes) {
+        let images = sorted_entries(class_dir, is_image_file)?;
+        if images.is_empty() {
+            return Err(DataError::NoImages {
+                path: class_dir.clone(),
+            });
+        }
+        files.extend(images.into_iter().map(|file| (file, label)));
+    }
+    let names = classes
+        .iter()
+        .map(|dir| dir.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    Ok((names, files))
 }
 
 /// The entries of `dir` that pass `keep`, not hidden, sorted by name.
@@ -97,7 +110,7 @@ fn is_image_file(path: &Path) -> bool {
 }
 
 /// Decodes by content (not extension) to 8-bit luma (`channels` 1) or RGB.
-fn decode(path: &Path, channels: usize) -> Result<DynamicImage, DataError> {
+pub(crate) fn decode(path: &Path, channels: usize) -> Result<DynamicImage, DataError> {
     let image = ImageReader::open(path)
         .and_then(ImageReader::with_guessed_format)
         .map_err(DataError::io(path))?
@@ -128,7 +141,7 @@ fn resize_and_crop(image: DynamicImage, size: u32) -> DynamicImage {
 }
 
 /// Appends an 8-bit luma or RGB image as (channels, height, width) in [-1, 1].
-fn push_chw(out: &mut Vec<f32>, image: &DynamicImage, channels: usize) {
+pub(crate) fn push_chw(out: &mut Vec<f32>, image: &DynamicImage, channels: usize) {
     let bytes = image.as_bytes();
     for channel in 0..channels {
         out.extend(

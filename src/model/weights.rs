@@ -12,6 +12,7 @@ use burn::prelude::*;
 use burn::tensor::Gradients;
 
 use super::Acdit;
+use crate::checkpoint::module_io::{Naming, export_module, load_module, transpose};
 use crate::checkpoint::tensors::{CheckpointError, HostTensor, NamedTensors};
 
 /// The reference's name for a parameter at `path` in our module tree.
@@ -32,111 +33,18 @@ fn is_transposed(name: &str, rank: usize) -> bool {
     rank == 2 && name.ends_with(".weight") && !name.contains("embedding_table")
 }
 
+/// The reference checkpoints' naming of our module tree.
+pub const REFERENCE_NAMING: Naming = Naming {
+    name: reference_name,
+    transposed: is_transposed,
+};
+
 /// Host tensor in reference layout -> burn layout (transposing linear weights), and back.
 pub(crate) fn to_burn_layout(name: &str, t: &HostTensor) -> HostTensor {
-    if !is_transposed(name, t.shape.len()) {
-        return t.clone();
-    }
-    let (rows, cols) = (t.shape[0], t.shape[1]);
-    let mut data = vec![0.0; t.data.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            data[c * rows + r] = t.data[r * cols + c];
-        }
-    }
-    HostTensor {
-        shape: vec![cols, rows],
-        data,
-    }
-}
-
-struct Loader<'a> {
-    tensors: &'a NamedTensors,
-    path: Vec<String>,
-    seen: Vec<String>,
-    error: Option<CheckpointError>,
-}
-
-impl ModuleMapper for Loader<'_> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        if self.error.is_some() {
-            return param;
-        }
-        let name = reference_name(&self.path);
-        let ours: Vec<usize> = param.lazy_shape().dims::<D>().to_vec();
-        let expected: Vec<usize> = if is_transposed(&name, D) {
-            vec![ours[1], ours[0]]
-        } else {
-            ours.clone()
-        };
-        let Some(found) = self.tensors.get(&name) else {
-            self.error = Some(CheckpointError::MissingTensor {
-                name,
-                within: "the weights".into(),
-            });
-            return param;
-        };
-        if found.shape != expected {
-            self.error = Some(CheckpointError::ShapeMismatch {
-                name,
-                expected,
-                found: found.shape.clone(),
-            });
-            return param;
-        }
-        let non_finite = found.data.iter().filter(|v| !v.is_finite()).count();
-        if non_finite > 0 {
-            self.error = Some(CheckpointError::NonFinite {
-                name,
-                count: non_finite,
-                total: found.data.len(),
-            });
-            return param;
-        }
-        let host = to_burn_layout(&name, found);
-        let device = param.lazy_device();
-        let tensor = Tensor::<D>::from_data(TensorData::new(host.data, ours), &device);
-        self.seen.push(name);
-        let id = param.id;
-        param.transform_for_load(tensor, id)
-    }
-}
-
-struct Exporter {
-    path: Vec<String>,
-    out: NamedTensors,
-}
-
-impl ModuleVisitor for Exporter {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let name = reference_name(&self.path);
-        let value = param.val();
-        let shape = value.dims().to_vec();
-        let data = value
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .expect("f32 data");
-        let ours = HostTensor { shape, data };
-        // Transposing twice is the identity, so the same function maps back.
-        let host = to_burn_layout(&name, &ours);
-        self.out.insert(name, host);
+    if is_transposed(name, t.shape.len()) {
+        transpose(t)
+    } else {
+        t.clone()
     }
 }
 
@@ -144,32 +52,12 @@ impl Acdit {
     /// Loads weights named as in the reference. Every parameter must be present with its shape;
     /// extra tensors in `tensors` are an error too, since they mean the config does not fit.
     pub fn load_tensors(self, tensors: &NamedTensors) -> Result<Self, CheckpointError> {
-        let mut loader = Loader {
-            tensors,
-            path: Vec::new(),
-            seen: Vec::new(),
-            error: None,
-        };
-        let model = self.map(&mut loader);
-        if let Some(error) = loader.error {
-            return Err(error);
-        }
-        if let Some(extra) = tensors.keys().find(|k| !loader.seen.contains(k)) {
-            return Err(CheckpointError::UnexpectedTensor {
-                name: extra.clone(),
-            });
-        }
-        Ok(model)
+        load_module(self, tensors, &REFERENCE_NAMING)
     }
 
     /// All weights under the reference's names and layouts.
     pub fn to_tensors(&self) -> NamedTensors {
-        let mut exporter = Exporter {
-            path: Vec::new(),
-            out: NamedTensors::new(),
-        };
-        self.visit(&mut exporter);
-        exporter.out
+        export_module(self, &REFERENCE_NAMING)
     }
 }
 

@@ -15,6 +15,8 @@ use crate::data::idx::{
 };
 use crate::data::image_folder::load_image_folder;
 use crate::data::{ImageDataset, TrainingSet};
+use crate::latents::{LatentManifest, LatentSet};
+use crate::vae::NamedVae;
 use crate::video::clips::{ClipLayout, expect_frame_size, read_clips};
 use crate::video::moving_mnist::MovingMnistSpec;
 use crate::video::training::{ClipSet, GeneratedClips};
@@ -134,14 +136,18 @@ pub struct TrainJob {
     pub preset: TrainPreset,
     /// A training config (JSON or TOML) instead of the preset's.
     pub config_file: Option<PathBuf>,
-    /// IDX files or a folder of class subfolders; default: the preset's fetched dataset, else
-    /// the MNIST subset built into the binary.
+    /// IDX files, a folder of class subfolders, or a latent folder from `acdit cache-latents`
+    /// (which sets the model, unless `config_file` does); default: the preset's fetched
+    /// dataset, else the MNIST subset built into the binary.
     pub data: Option<PathBuf>,
     /// A checkpoint to continue from.
     pub resume: Option<PathBuf>,
-    /// The run folder; default `runs/<preset>`.
+    /// The run folder; default `runs/<preset>`, or `runs/latent` for latent data.
     pub out: Option<PathBuf>,
     pub overrides: TrainOverrides,
+    /// For latent data: the VAE that decodes sample grids, instead of the one the latents were
+    /// made with.
+    pub vae: Option<String>,
 }
 
 /// The config a job resolves to, with the checkpoint it resumes.
@@ -154,18 +160,34 @@ impl TrainJob {
     /// The run folder.
     pub fn out_dir(&self) -> PathBuf {
         use crate::choice::Choice;
+        let name = if self.latent_data().is_some() {
+            "latent"
+        } else {
+            self.preset.name()
+        };
         self.out
             .clone()
-            .unwrap_or_else(|| Path::new("runs").join(self.preset.name()))
+            .unwrap_or_else(|| Path::new("runs").join(name))
+    }
+
+    /// `--data` when it is a latent folder from `acdit cache-latents`.
+    fn latent_data(&self) -> Option<&Path> {
+        self.data
+            .as_deref()
+            .filter(|dir| LatentManifest::is_latent_dir(dir))
     }
 
     /// The config the run will use: the preset or config file with the overrides, or the resumed
     /// checkpoint's (extended by `steps`). Refuses a resume that has nothing left to do.
     pub fn resolve(&self) -> Result<ResolvedTraining> {
         let Some(path) = &self.resume else {
-            let mut config = match &self.config_file {
-                Some(path) => TrainConfig::from_file(path)?,
-                None => self.preset.config(),
+            let mut config = match (&self.config_file, self.latent_data()) {
+                (Some(path), _) => TrainConfig::from_file(path)?,
+                (None, Some(dir)) => {
+                    let manifest = LatentManifest::read(dir)?;
+                    TrainConfig::latent(manifest.latent_shape, manifest.class_names.len())
+                }
+                (None, None) => self.preset.config(),
             };
             self.overrides.apply(&mut config);
             config.validate()?;
@@ -209,7 +231,25 @@ impl TrainJob {
     /// Trains: loads the data, builds or resumes the trainer, and runs to the last step.
     pub fn run(&self, device: &Device) -> Result<()> {
         let ResolvedTraining { config, resumed } = self.resolve()?;
-        let (data, described) = if config.model.temporal_len > 1 {
+        let mut vae = None;
+        let (data, described) = if let Some(dir) = self.latent_data() {
+            let latents = LatentSet::open(dir)?;
+            check_latents_fit(&config, &latents)?;
+            let name = self.vae.as_deref().unwrap_or(&latents.manifest.vae);
+            vae = Some(NamedVae::load(name, &Device::flex()).with_context(|| {
+                format!(
+                    "loading the VAE {name} that decodes the sample grids (--vae names another)"
+                )
+            })?);
+            let described = format!(
+                "{} latents of {:?} from {}, {} classes",
+                latents.len(),
+                latents.manifest.latent_shape,
+                dir.display(),
+                latents.manifest.class_names.len()
+            );
+            (Box::new(latents) as Box<dyn TrainingSet>, described)
+        } else if config.model.temporal_len > 1 {
             self.load_clips(&config)?
         } else {
             let dataset = self.load_dataset(&config)?;
@@ -230,7 +270,12 @@ impl TrainJob {
             "training on {described}; {} parameters",
             burn::module::Module::num_params(&trainer.model)
         );
-        run(&mut trainer, data.as_ref(), &RunDir(self.out_dir()))
+        run(
+            &mut trainer,
+            data.as_ref(),
+            &RunDir(self.out_dir()),
+            vae.as_ref(),
+        )
     }
 
     /// Video training data: the clips of `--data` (with labels, of the model's frame count and
@@ -354,6 +399,29 @@ impl TrainJob {
     }
 }
 
+fn check_latents_fit(config: &TrainConfig, latents: &LatentSet) -> Result<()> {
+    let model = &config.model;
+    let [c, h, w] = latents.manifest.latent_shape;
+    if (c, h, w) != (model.in_channels, model.img_hw, model.img_hw) {
+        bail!(
+            "{}: latents are {c}x{h}x{w} but the model takes {}x{}x{}",
+            latents.dir.display(),
+            model.in_channels,
+            model.img_hw,
+            model.img_hw
+        );
+    }
+    let classes = latents.manifest.class_names.len();
+    if classes > model.num_classes {
+        bail!(
+            "{}: {classes} classes but the model only {}",
+            latents.dir.display(),
+            model.num_classes
+        );
+    }
+    Ok(())
+}
+
 fn check_dataset_fits(config: &TrainConfig, dataset: &ImageDataset) -> Result<()> {
     let model = &config.model;
     if (dataset.channels, dataset.height, dataset.width)
@@ -403,6 +471,7 @@ mod tests {
             resume: Some(checkpoint),
             out: Some(out),
             overrides,
+            vae: None,
         }
     }
 
@@ -455,6 +524,7 @@ mod tests {
             resume: None,
             out: None,
             overrides: TrainOverrides::default(),
+            vae: None,
         };
         assert_eq!(job.out_dir(), Path::new("runs/fashion-mnist"));
         let resolved = job.resolve().unwrap();

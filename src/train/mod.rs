@@ -109,6 +109,22 @@ impl TrainConfig {
         }
     }
 
+    /// The recipe for a latent folder (`acdit cache-latents`): the MNIST recipe's network (hidden
+    /// 128, depth 4) on the latents as the paper lays them out (patch 1, four square blocks),
+    /// for as many classes as the folder has. A larger model comes from `--config`.
+    pub fn latent(latent_shape: [usize; 3], num_classes: usize) -> Self {
+        let [channels, side, _] = latent_shape;
+        let block_side = if side.is_multiple_of(2) {
+            side / 2
+        } else {
+            side
+        };
+        Self {
+            model: ModelConfig::image(channels, side, 1, block_side, 128, 4, num_classes),
+            ..Self::fashion_mnist()
+        }
+    }
+
     /// Reads JSON or TOML (by extension) and checks it.
     pub fn from_file(path: &std::path::Path) -> Result<Self, crate::config::ConfigError> {
         let config: Self = crate::config::read_config_file(path)?;

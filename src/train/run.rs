@@ -16,7 +16,8 @@ use crate::checkpoint::tensors::write_safetensors_atomic;
 use crate::data::TrainingSet;
 use crate::diffusion::blockwise::{Generation, Quiet};
 use crate::output::{plot_loss_curve, write_labeled_grid};
-use crate::sampling::{sample_grid, sample_images};
+use crate::sampling::{output_pixels, sample_grid, sample_images};
+use crate::vae::NamedVae;
 
 /// Where a run writes: `checkpoint.safetensors`, `ema.safetensors` and its `config.json`,
 /// `metrics.jsonl`,
@@ -54,8 +55,14 @@ pub(crate) fn stop_on_ctrl_c() -> Arc<AtomicBool> {
     stop
 }
 
-/// Trains until the configured step count or Ctrl-C, writing everything under `dir`.
-pub fn run(trainer: &mut Trainer, dataset: &dyn TrainingSet, dir: &RunDir) -> Result<()> {
+/// Trains until the configured step count or Ctrl-C, writing everything under `dir`. A latent
+/// model's sample grids are decoded through `vae`, whose name its weights record.
+pub fn run(
+    trainer: &mut Trainer,
+    dataset: &dyn TrainingSet,
+    dir: &RunDir,
+    vae: Option<&NamedVae>,
+) -> Result<()> {
     std::fs::create_dir_all(dir.0.join("samples"))
         .with_context(|| format!("creating run folder {}", dir.0.display()))?;
     let stop = stop_on_ctrl_c();
@@ -84,7 +91,7 @@ pub fn run(trainer: &mut Trainer, dataset: &dyn TrainingSet, dir: &RunDir) -> Re
             Ok(report) => report,
             Err(error) => {
                 // Skipped steps left the weights untouched: what is saved is the last good state.
-                save(trainer, dir, dataset)?;
+                save(trainer, dir, dataset, vae)?;
                 return Err(error.context(format!(
                     "last good checkpoint: {}",
                     dir.checkpoint().display()
@@ -118,11 +125,11 @@ pub fn run(trainer: &mut Trainer, dataset: &dyn TrainingSet, dir: &RunDir) -> Re
         });
         writeln!(metrics, "{line}")?;
         if trainer.step.is_multiple_of(trainer.config.checkpoint_every) {
-            save(trainer, dir, dataset)?;
+            save(trainer, dir, dataset, vae)?;
         }
         if trainer.step.is_multiple_of(trainer.config.sample_every) {
             let path = dir.samples(trainer.step);
-            write_sample_grid(trainer, dataset, &path)?;
+            write_sample_grid(trainer, dataset, &path, vae)?;
             bar.println(format!(
                 "step {}: samples in {}",
                 trainer.step,
@@ -131,7 +138,7 @@ pub fn run(trainer: &mut Trainer, dataset: &dyn TrainingSet, dir: &RunDir) -> Re
         }
     }
     bar.finish();
-    save(trainer, dir, dataset)?;
+    save(trainer, dir, dataset, vae)?;
     if stop.load(Ordering::SeqCst) {
         println!(
             "stopped at step {}; resume with --resume {}",
@@ -155,9 +162,14 @@ pub fn run(trainer: &mut Trainer, dataset: &dyn TrainingSet, dir: &RunDir) -> Re
 
 /// Writes the full checkpoint, the EMA weights alone (what `acdit sample` loads) and their model
 /// config.
-fn save(trainer: &Trainer, dir: &RunDir, dataset: &dyn TrainingSet) -> Result<()> {
+fn save(
+    trainer: &Trainer,
+    dir: &RunDir,
+    dataset: &dyn TrainingSet,
+    vae: Option<&NamedVae>,
+) -> Result<()> {
     trainer.checkpoint().save(&dir.checkpoint())?;
-    let metadata = std::collections::BTreeMap::from([
+    let mut metadata = std::collections::BTreeMap::from([
         (
             "model_config".to_string(),
             serde_json::to_string(&trainer.config.model)?,
@@ -168,6 +180,9 @@ fn save(trainer: &Trainer, dir: &RunDir, dataset: &dyn TrainingSet) -> Result<()
         ),
         ("step".to_string(), trainer.step.to_string()),
     ]);
+    if let Some(vae) = vae {
+        metadata.insert("vae".to_string(), vae.name.clone());
+    }
     write_safetensors_atomic(&dir.ema(), &trainer.ema_tensors(), Some(metadata))?;
     // Beside the weights, as in a hub model folder: what the weights are without opening them.
     let config = serde_json::to_string_pretty(&trainer.config.model)?;
@@ -177,7 +192,12 @@ fn save(trainer: &Trainer, dir: &RunDir, dataset: &dyn TrainingSet) -> Result<()
 }
 
 /// A grid of EMA samples: for images a row of 8 per class, for video one clip per class.
-fn write_sample_grid(trainer: &Trainer, dataset: &dyn TrainingSet, path: &Path) -> Result<()> {
+fn write_sample_grid(
+    trainer: &Trainer,
+    dataset: &dyn TrainingSet,
+    path: &Path,
+    vae: Option<&NamedVae>,
+) -> Result<()> {
     let model = &trainer.ema.model;
     let config = model.config();
     let per_class = if config.temporal_len == 1 { 8 } else { 1 };
@@ -197,7 +217,8 @@ fn write_sample_grid(trainer: &Trainer, dataset: &dyn TrainingSet, path: &Path) 
         .iter()
         .map(|&c| class_names[c as usize].as_str())
         .collect();
-    let (batch, layout) = sample_grid(config, config.temporal_len, &pixels, &names, per_class)?;
+    let (pixels, frame) = output_pixels(config, vae, pixels, labels.len() * config.temporal_len)?;
+    let (batch, layout) = sample_grid(frame, config.temporal_len, &pixels, &names, per_class)?;
     let layout = layout.with_title(format!("EMA samples, step {}", trainer.step));
     write_labeled_grid(path, &batch, &layout)?;
     Ok(())

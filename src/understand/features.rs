@@ -5,16 +5,14 @@
 //! forward. A full-sequence model (one block) has no clean path; it is read as DiT-style encoders
 //! are, at timestep 0 with the null label.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
-use safetensors::Dtype;
-use safetensors::tensor::TensorView;
 
-use crate::checkpoint::tensors::SafetensorsFile;
+use crate::checkpoint::tensors::{SafetensorsFile, write_labelled_atomic};
 use crate::config::ModelConfig;
 use crate::data::idx::Split;
 use crate::layout::patchify;
@@ -188,21 +186,14 @@ impl FeatureSet {
 
     /// Writes the file atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let features: Vec<u8> = self.features.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let labels: Vec<u8> = self.labels.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let n = self.len();
-        let views = [
-            (
-                "features",
-                TensorView::new(Dtype::F32, vec![n, self.dim], &features)?,
-            ),
-            ("labels", TensorView::new(Dtype::I64, vec![n], &labels)?),
-        ];
-        let metadata: Option<HashMap<String, String>> =
-            Some(self.metadata.clone().into_iter().collect());
-        crate::atomic::write_atomic(path, |temp| {
-            safetensors::serialize_to_file(views, &metadata, temp).map_err(std::io::Error::other)
-        })
+        write_labelled_atomic(
+            path,
+            "features",
+            &[self.len(), self.dim],
+            &self.features,
+            &self.labels,
+            self.metadata.clone(),
+        )
         .with_context(|| format!("writing {}", path.display()))
     }
 

@@ -165,10 +165,10 @@ mod tests {
     use std::path::Path;
 
     fn tiny_model() -> SamplingModel {
-        SamplingModel {
-            model: Acdit::new(&tiny_video_config(), &Device::flex()),
-            class_names: (0..5).map(|c| c.to_string()).collect(),
-        }
+        SamplingModel::new(
+            Acdit::new(&tiny_video_config(), &Device::flex()),
+            (0..5).map(|c| c.to_string()).collect(),
+        )
     }
 
     fn job(context: &Path, out_dir: &Path, context_frames: usize) -> PredictJob {
