@@ -11,9 +11,10 @@ use burn::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, Preset};
 use crate::data::ImageDataset;
-use crate::diffusion::blockwise::{Generation, Quiet};
+use crate::device::Precision;
+use crate::diffusion::blockwise::{Generation, Observer, Quiet};
 use crate::model::Acdit;
 use crate::sampling::sample_images;
 use crate::train::{TrainConfig, Trainer};
@@ -26,6 +27,10 @@ pub enum BenchPart {
     Sample,
     /// The Moving MNIST preset: training, and frames/s of the three ways to sample.
     Video,
+    /// The paper's ImageNet-256 model at full size: ACDiT-XL on 32x32x4 latents.
+    Xl,
+    /// The same for ACDiT-H.
+    H,
 }
 
 impl crate::choice::Choice for BenchPart {
@@ -34,6 +39,8 @@ impl crate::choice::Choice for BenchPart {
         ("train", BenchPart::Train),
         ("sample", BenchPart::Sample),
         ("video", BenchPart::Video),
+        ("xl", BenchPart::Xl),
+        ("h", BenchPart::H),
     ];
 }
 
@@ -45,6 +52,8 @@ pub struct BenchJob {
     pub train_steps: u64,
     /// Timed sampling rounds of 16 images each.
     pub sample_rounds: usize,
+    /// The float type `device` makes tensors in; training keeps f32.
+    pub precision: Precision,
     pub device: Device,
 }
 
@@ -115,8 +124,18 @@ pub fn bench_sample(config: &ModelConfig, kv_cache: bool, device: &Device, round
 }
 
 pub fn run(job: &BenchJob) -> Result<()> {
-    if job.part == BenchPart::Video {
-        return bench_video(job);
+    let trains = matches!(
+        job.part,
+        BenchPart::All | BenchPart::Train | BenchPart::Video
+    );
+    if trains && job.precision != Precision::F32 {
+        anyhow::bail!("training is benchmarked in f32: --dtype bf16 is for `sample`, `xl` and `h`");
+    }
+    match job.part {
+        BenchPart::Video => return bench_video(job),
+        BenchPart::Xl => return bench_full_size(job, Preset::Xl),
+        BenchPart::H => return bench_full_size(job, Preset::H),
+        _ => {}
     }
     let device = &job.device;
     let config = ModelConfig::bench_mnist();
@@ -201,5 +220,92 @@ fn bench_video(job: &BenchJob) -> Result<()> {
         "video sample: {full_sequence:.2} frames/s as full-sequence diffusion (ratio to cached ACDiT {:.2}x)",
         full_sequence / cached
     );
+    Ok(())
+}
+
+/// Times each model call: the interval between two outputs is one call and its solver update.
+struct CallTimes {
+    last: Instant,
+    /// (block, step, seconds).
+    calls: Vec<(usize, usize, f64)>,
+}
+
+impl Observer for CallTimes {
+    fn model_output(&mut self, block: usize, step: usize, _output: &Tensor<3>) {
+        let now = Instant::now();
+        self.calls
+            .push((block, step, now.duration_since(self.last).as_secs_f64()));
+        self.last = now;
+    }
+}
+
+/// The paper's ImageNet-256 setting at full size (random weights: speed does not depend on
+/// them): one image with guidance 1.5 (two rows a call), `sample_rounds + 1` denoising steps a
+/// block. A block's first step also runs the previous clean block through the network for the
+/// cache, so it is timed apart from the later steps; the 25-step image is their sum.
+fn bench_full_size(job: &BenchJob, preset: Preset) -> Result<()> {
+    let device = &job.device;
+    let config = ModelConfig::imagenet256(preset);
+    let built = Instant::now();
+    let model = Acdit::new(&config, device);
+    // Parameters are initialised lazily, on first use: do it now, outside the timed calls.
+    let model = crate::model::weights::update_params(model, |_, value| value);
+    let params = burn::module::Module::num_params(&model);
+    println!(
+        "{preset:?} at ImageNet 256: latents {}x{}x{}, patch {}, {} blocks of {} tokens, hidden {}, depth {}, {} parameters ({:.2} GiB in {:?}), device {device:?}",
+        config.img_hw,
+        config.img_hw,
+        config.in_channels,
+        config.patch_size,
+        config.ar_len,
+        config.block_size,
+        config.hidden_size,
+        config.depth,
+        params,
+        params as f64 * job.precision.bytes() as f64 / (1u64 << 30) as f64,
+        job.precision,
+    );
+    let steps = job.sample_rounds.max(1) + 1;
+    let generation = Generation {
+        cfg: 1.5,
+        steps,
+        ..Generation::default()
+    };
+    let mut times = CallTimes {
+        last: Instant::now(),
+        calls: Vec::new(),
+    };
+    println!(
+        "built in {:.1}s; timing one image, {steps} steps a block",
+        built.elapsed().as_secs_f64()
+    );
+    let started = Instant::now();
+    sample_images(&model, &[207], &generation, 0, 1, &mut times);
+    let total = started.elapsed().as_secs_f64();
+    let mean = |first: bool| {
+        let picked: Vec<f64> = times
+            .calls
+            .iter()
+            .filter(|(_, step, _)| (*step == 0) == first)
+            .map(|(_, _, s)| *s)
+            .collect();
+        picked.iter().sum::<f64>() / picked.len() as f64
+    };
+    let (first_step, later_step) = (mean(true), mean(false));
+    let per_image = config.ar_len as f64 * (first_step + 24.0 * later_step);
+    println!(
+        "sample: {later_step:.2} s a denoising step (a {}-token block, guidance doubling the batch to 2)",
+        config.block_size
+    );
+    println!(
+        "sample: {first_step:.2} s a block's first step (with the previous block's cache fill)"
+    );
+    println!(
+        "sample: {per_image:.1} s an image at the paper's 25 steps a block ({} blocks; measured {total:.1} s for {steps} steps a block)",
+        config.ar_len
+    );
+    if let Some(peak) = peak_memory_mib() {
+        println!("sample: peak resident memory {peak:.0} MiB");
+    }
     Ok(())
 }

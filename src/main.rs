@@ -12,6 +12,7 @@ use acdit::checkpoint::load::{WeightsKind, WeightsSource, built_in_model};
 use acdit::choice::Choice;
 use acdit::data::fetch::fetch;
 use acdit::data::idx::{DatasetKind, Split, mnist_or_built_in};
+use acdit::device::{Precision, with_precision};
 use acdit::diffusion::SamplerKind;
 use acdit::diffusion::blockwise::{Generation, Window};
 use acdit::latents::CacheLatentsJob;
@@ -310,6 +311,9 @@ struct SampleArgs {
     /// feature a hub id) [default: the one its weights record].
     #[arg(long)]
     vae: Option<String>,
+    /// The float type of weights and activations.
+    #[arg(long, value_parser = choice::<Precision>(), default_value = "f32")]
+    dtype: Precision,
     #[command(flatten)]
     rollout: RolloutArgs,
     #[command(flatten)]
@@ -544,9 +548,12 @@ struct BenchArgs {
     /// Timed training steps (after 2 warm-up steps).
     #[arg(long, default_value_t = 10)]
     train_steps: u64,
-    /// Timed sampling rounds of 16 images each.
+    /// Timed sampling rounds of 16 images each (xl, h: timed steps a block after the first).
     #[arg(long, default_value_t = 1)]
     sample_rounds: usize,
+    /// The float type of weights and activations (bf16: sampling parts only).
+    #[arg(long, value_parser = choice::<Precision>(), default_value = "f32")]
+    dtype: Precision,
     #[command(flatten)]
     device: DeviceArg,
 }
@@ -617,7 +624,8 @@ fn main() -> Result<()> {
             part: args.part,
             train_steps: args.train_steps,
             sample_rounds: args.sample_rounds,
-            device: args.device.device()?,
+            precision: args.dtype,
+            device: with_precision(args.device.device()?, args.dtype)?,
         }),
         Command::CacheLatents(args) => cache_latents(args),
         Command::Conform { dirs } => conform(&dirs),
@@ -659,7 +667,7 @@ fn moving_mnist(args: MovingMnistArgs) -> Result<()> {
 }
 
 fn sample(args: SampleArgs) -> Result<()> {
-    let device = args.device.device()?;
+    let device = with_precision(args.device.device()?, args.dtype)?;
     let model = args
         .model
         .load(Some("mnist"), &device)?

@@ -545,6 +545,19 @@ mod tests {
             (0..10).map(|c| c.to_string()).collect(),
         )
     }
+    #[test]
+    fn a_latent_model_without_a_vae_says_to_pass_one() {
+        let mut config = tiny_config(2);
+        config.in_channels = 4;
+        config.latent_size = 4 * config.patch_size * config.patch_size;
+        let model = SamplingModel::new(Acdit::new(&config, &Device::flex()), vec!["a".into()]);
+        let message = model
+            .with_vae(None, &Device::flex())
+            .err()
+            .expect("a latent model needs a VAE")
+            .to_string();
+        assert!(message.contains("--vae"), "{message}");
+    }
 
     /// Two of classes 1 and 2, two unguided steps a block.
     fn job(grid: &Path) -> SampleJob {

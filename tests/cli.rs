@@ -145,3 +145,41 @@ fn features_of_the_built_in_model_probe_well() {
     assert_eq!(report["test_examples"], 1000);
     assert!(report["train_accuracy"].as_f64().unwrap() > 0.8, "{report}");
 }
+
+/// bf16 weights and activations (a setting of the whole process, so only a test of the binary
+/// can try it): the same seed draws nearly the same digits as in f32.
+#[test]
+fn bf16_sampling_draws_what_f32_draws() {
+    let temp = tempfile::tempdir().unwrap();
+    let binary = Path::new(env!("CARGO_BIN_EXE_acdit"));
+    let mut grids = Vec::new();
+    for dtype in ["f32", "bf16"] {
+        let out = format!("{dtype}.png");
+        let args = [
+            "sample",
+            "--classes",
+            "0,1",
+            "--per-class",
+            "2",
+            "--steps",
+            "5",
+            "--dtype",
+            dtype,
+            "--out",
+            &out,
+        ];
+        let output = acdit(temp.path(), binary, &args);
+        assert!(output.status.success(), "{}", text(&output));
+        grids.push(image::open(temp.path().join(&out)).unwrap().into_luma8());
+    }
+    let (f32_grid, bf16_grid) = (&grids[0], &grids[1]);
+    assert_eq!(f32_grid.dimensions(), bf16_grid.dimensions());
+    let differences: Vec<f64> = f32_grid
+        .pixels()
+        .zip(bf16_grid.pixels())
+        .map(|(a, b)| (f64::from(a.0[0]) - f64::from(b.0[0])).abs())
+        .collect();
+    let mean = differences.iter().sum::<f64>() / differences.len() as f64;
+    assert!(mean > 0.0, "bf16 drew exactly the f32 grid: was it bf16?");
+    assert!(mean < 8.0, "mean pixel difference {mean}");
+}
