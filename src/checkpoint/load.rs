@@ -228,3 +228,25 @@ fn read_safetensors_weights(
         from_release: false,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::conformance_dir;
+
+    #[test]
+    fn release_checkpoints_carry_the_papers_guidance_and_ours_none() {
+        for (folder, guidance) in [
+            ("img_tiny", RELEASE_IMAGE_GUIDANCE),
+            ("vid_tiny", RELEASE_VIDEO_GUIDANCE),
+        ] {
+            let path = conformance_dir().join(folder).join("checkpoint.pt");
+            let loaded = load_weights(WeightsSource::File(&path), WeightsKind::Ema, None).unwrap();
+            assert_eq!(loaded.guidance, Some(guidance), "{folder}");
+        }
+        let built_in = built_in_model("mnist").unwrap();
+        let loaded =
+            load_weights(WeightsSource::BuiltIn(built_in), WeightsKind::Ema, None).unwrap();
+        assert_eq!((loaded.guidance, loaded.vae), (None, None));
+    }
+}
