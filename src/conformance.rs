@@ -81,6 +81,9 @@ pub fn check_folder(dir: &Path, device: &Device) -> anyhow::Result<Vec<Check>> {
     if dir.join(crate::vae::WEIGHTS_FILE).is_file() {
         return check_vae_folder(dir, device);
     }
+    if dir.join(INCEPTION_VECTORS).is_file() {
+        return check_inception_folder(dir, &inception_weights(), device);
+    }
     let config = ModelConfig::from_reference_json(&dir.join("config.json"))?;
     let weights_path = dir.join("weights.safetensors");
     let weights = crate::checkpoint::tensors::read_safetensors(&weights_path)?;
@@ -108,6 +111,81 @@ pub fn check_folder(dir: &Path, device: &Device) -> anyhow::Result<Vec<Check>> {
             checks.extend(check_sampling(dir, &model, tag, cfg, steps, kv_cache)?);
         }
     }
+    Ok(checks)
+}
+
+/// The Inception folder's vectors file.
+pub const INCEPTION_VECTORS: &str = "inception.safetensors";
+pub const INCEPTION_TOLERANCE: f64 = 1e-3;
+pub const FRECHET_TOLERANCE: f64 = 1e-6;
+/// torch builds the sampling grid in f32 (the normalised coordinates and back), we take the
+/// source coordinate `j * from / to` in f64: up to about 1e-5 apart, 0.003 of a grey level.
+pub const RESIZE_TOLERANCE: f64 = 1e-4;
+
+/// The fetched Inception network: `ACDIT_INCEPTION`, else `data/inception/default_1.pt`.
+pub fn inception_weights() -> std::path::PathBuf {
+    std::env::var_os("ACDIT_INCEPTION")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| crate::data::fetch::inception_path(Path::new("data")))
+}
+
+/// The FID folder: fid-helper's preprocessing of each raw image, the network's features of the
+/// preprocessed inputs, and the Fréchet distance of the two stored feature sets.
+pub fn check_inception_folder(
+    dir: &Path,
+    weights: &Path,
+    device: &Device,
+) -> anyhow::Result<Vec<Check>> {
+    use crate::eval::frechet::{FeatureStats, frechet_distance};
+    use crate::eval::inception::{INPUT_SIDE, InceptionV3};
+    use crate::eval::resize::preprocess;
+    use anyhow::Context;
+    let vectors = SafetensorsFile::open(&dir.join(INCEPTION_VECTORS))?;
+    let input = vectors.f32("input")?;
+    let n = input.shape[0];
+    let mut checks = Vec::new();
+    let per_image = 3 * INPUT_SIDE * INPUT_SIDE;
+    let mut worst: f64 = 0.0;
+    for k in 0..n {
+        let (shape, raw) = vectors.u8(&format!("raw.{k}"))?;
+        let &[h, w, c] = shape.as_slice() else {
+            anyhow::bail!("raw.{k} in {}: expected (H, W, C)", dir.display());
+        };
+        let ours = preprocess(&raw, [1, h, w, c]);
+        let reference = &input.data[k * per_image..(k + 1) * per_image];
+        worst = worst.max(relative_error(&ours, reference));
+    }
+    checks.push(Check {
+        name: format!("FID preprocessing of {n} images"),
+        error: worst,
+        tolerance: RESIZE_TOLERANCE,
+    });
+    let network = InceptionV3::load(weights, device)
+        .context("the Inception weights (`acdit data fetch inception`, or ACDIT_INCEPTION=FILE)")?;
+    let batch = Tensor::<1>::from_floats(input.data.as_slice(), device)
+        .reshape([n, 3, INPUT_SIDE, INPUT_SIDE]);
+    let features = network
+        .forward(batch)
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .expect("f32 features");
+    checks.push(Check {
+        name: "Inception features".into(),
+        error: relative_error(&features, &vectors.f32("features")?.data),
+        tolerance: INCEPTION_TOLERANCE,
+    });
+    let stats = |name: &str| -> anyhow::Result<FeatureStats> {
+        let (shape, values) = vectors.f64(name)?;
+        FeatureStats::of(&values, shape[1])
+    };
+    let distance = frechet_distance(&stats("fid.a")?, &stats("fid.b")?)?;
+    let expected = vectors.f64("fid.value")?.1[0];
+    checks.push(Check {
+        name: "Frechet distance".into(),
+        error: ((distance - expected) / expected).abs(),
+        tolerance: FRECHET_TOLERANCE,
+    });
     Ok(checks)
 }
 
@@ -318,6 +396,18 @@ mod tests {
             let failed: Vec<_> = checks.iter().filter(|c| !c.passed()).collect();
             assert!(failed.is_empty(), "{}: {failed:#?}", dir.display());
         }
+    }
+
+    /// Needs the fetched weights (`acdit data fetch inception`, 87 MB), so it is run with
+    /// `cargo test -- --ignored`; `.ci/run` fetches them and runs `acdit conform` on the folder.
+    #[test]
+    #[ignore = "needs `acdit data fetch inception`"]
+    fn the_inception_folder_conforms() {
+        let dir = crate::testing::conformance_dir().join("inception");
+        let weights = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(inception_weights());
+        let checks = check_inception_folder(&dir, &weights, &Device::flex()).unwrap();
+        let failed: Vec<_> = checks.iter().filter(|c| !c.passed()).collect();
+        assert!(failed.is_empty(), "{failed:#?}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod conformance;
 pub mod data;
 pub mod device;
 pub mod diffusion;
+pub mod eval;
 pub mod fused;
 pub mod latents;
 pub mod layout;

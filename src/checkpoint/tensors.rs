@@ -186,6 +186,23 @@ impl SafetensorsFile {
         })
     }
 
+    /// A float tensor as f64, exact for F64 files: (shape, values).
+    pub fn f64(&self, name: &str) -> Result<(Vec<usize>, Vec<f64>), CheckpointError> {
+        let (info, bytes) = self.raw(name)?;
+        let values = match info.dtype {
+            Dtype::F64 => bytes
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect(),
+            other => decode_f32(other, bytes)
+                .ok_or_else(|| self.unsupported(name, other, "f64"))?
+                .into_iter()
+                .map(f64::from)
+                .collect(),
+        };
+        Ok((info.shape.clone(), values))
+    }
+
     /// An integer tensor (I64, I32 or U8), exactly: (shape, values).
     pub fn i64(&self, name: &str) -> Result<(Vec<usize>, Vec<i64>), CheckpointError> {
         let (info, bytes) = self.raw(name)?;

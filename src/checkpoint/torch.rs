@@ -135,17 +135,7 @@ impl TorchCheckpoint {
             )
         })?;
 
-        // Storages are decoded once and dropped after the last tensor that views
-        // them, so memory peaks near one copy of the weights.
-        let mut uses: HashMap<&str, usize> = HashMap::new();
-        for (_, value) in items {
-            if let Value::Tensor(view) = value {
-                *uses.entry(&view.storage.key).or_default() += 1;
-            }
-        }
-        let mut zip = open_zip(&self.path)?;
-        let mut storages: HashMap<&str, Vec<f32>> = HashMap::new();
-        let mut tensors = NamedTensors::new();
+        let mut views = Vec::with_capacity(items.len());
         for (name, value) in items {
             let name = name.as_str().ok_or_else(|| {
                 format_error(
@@ -159,6 +149,69 @@ impl TorchCheckpoint {
                     format!("{key}[{name:?}] is not a tensor"),
                 ));
             };
+            views.push((name.to_string(), view.as_ref()));
+        }
+        self.decode(views)
+    }
+
+    /// Every tensor attribute of a TorchScript module tree (`torch.jit.save`), named by its
+    /// path of attribute names (`net.layers.conv.weight`), as contiguous row-major f32.
+    pub fn module_tensors(&self) -> Result<NamedTensors, CheckpointError> {
+        let mut views = Vec::new();
+        self.collect_module(&self.root, String::new(), 0, &mut views)?;
+        if views.is_empty() {
+            return Err(format_error(
+                &self.path,
+                "no tensors in the module tree; is this a TorchScript module?".into(),
+            ));
+        }
+        self.decode(views)
+    }
+
+    fn collect_module<'a>(
+        &'a self,
+        value: &'a Value,
+        prefix: String,
+        depth: usize,
+        out: &mut Vec<(String, &'a TensorView)>,
+    ) -> Result<(), CheckpointError> {
+        if depth > 64 {
+            return Err(format_error(
+                &self.path,
+                "module tree nested too deeply".into(),
+            ));
+        }
+        let Value::Heap(i) = value else {
+            return Ok(());
+        };
+        let Some(Object::Instance {
+            state: Some(state), ..
+        }) = self.heap.get(*i)
+        else {
+            return Ok(());
+        };
+        for (name, child) in self.dict(state).unwrap_or_default() {
+            let Some(name) = name.as_str() else { continue };
+            let path = format!("{prefix}{name}");
+            match child {
+                Value::Tensor(view) => out.push((path, view.as_ref())),
+                other => self.collect_module(other, format!("{path}."), depth + 1, out)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The named views as tensors. Storages are decoded once and dropped after the last
+    /// tensor that views them, so memory peaks near one copy of the weights.
+    fn decode(&self, views: Vec<(String, &TensorView)>) -> Result<NamedTensors, CheckpointError> {
+        let mut uses: HashMap<&str, usize> = HashMap::new();
+        for (_, view) in &views {
+            *uses.entry(&view.storage.key).or_default() += 1;
+        }
+        let mut zip = open_zip(&self.path)?;
+        let mut storages: HashMap<&str, Vec<f32>> = HashMap::new();
+        let mut tensors = NamedTensors::new();
+        for (name, view) in &views {
             let storage = &view.storage;
             let key = storage.key.as_str();
             if !storages.contains_key(key) {
@@ -167,7 +220,7 @@ impl TorchCheckpoint {
             }
             let tensor = materialise(view, &storages[key])
                 .map_err(|reason| format_error(&self.path, format!("tensor {name}: {reason}")))?;
-            tensors.insert(name.to_string(), tensor);
+            tensors.insert(name.clone(), tensor);
             let left = uses.entry(key).or_default();
             *left = left.saturating_sub(1);
             if *left == 0 {

