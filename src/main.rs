@@ -17,6 +17,7 @@ use acdit::diffusion::SamplerKind;
 use acdit::diffusion::blockwise::{Generation, Window};
 use acdit::eval::classifier::{ClassifierTraining, train_classifier};
 use acdit::eval::job::{EvalJob, Reference, Samples};
+use acdit::eval::sweep::BlockSizeSweep;
 use acdit::latents::CacheLatentsJob;
 use acdit::sampling::{SampleJob, SamplingModel, load_model, run_job};
 use acdit::train::TrainConfig;
@@ -111,6 +112,11 @@ enum Command {
     /// Score generated images in the field's numbers: FID, precision and recall (Inception, and
     /// for digits the project's classifier), conditional accuracy, beside the real test set.
     Eval(EvalArgs),
+    /// Train and score the same network at several block sizes (the paper's trade-off).
+    Sweep {
+        #[command(subcommand)]
+        command: SweepCommand,
+    },
     /// Train the project's digit classifier (the feature space of `acdit eval`'s classifier FID,
     /// and the judge of class-conditional samples) on MNIST.
     TrainClassifier {
@@ -137,6 +143,41 @@ enum Command {
         #[arg(required = true)]
         dirs: Vec<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum SweepCommand {
+    /// The MNIST recipe at square blocks of each side: token-wise autoregression (1) to full
+    /// diffusion (6); writes table.md, points.json and plot.png under --out. Resumable.
+    BlockSize(SweepArgs),
+}
+
+#[derive(Args)]
+struct SweepArgs {
+    /// Block sides in tokens, each dividing the recipe's 6x6 tokens.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,6")]
+    block_sides: Vec<usize>,
+    /// Training steps at every point.
+    #[arg(long, default_value_t = 2000)]
+    steps: u64,
+    /// Samples each point is scored on.
+    #[arg(long, default_value_t = 1000)]
+    samples: usize,
+    #[arg(long, default_value = "runs/sweep-block-size")]
+    out: PathBuf,
+    /// MNIST IDX files [default: data/mnist, else the built-in subset].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// The FID Inception network.
+    #[arg(long, default_value = "data/inception/default_1.pt")]
+    inception: PathBuf,
+    /// Score in the digit classifier's space alone.
+    #[arg(long)]
+    classifier_only: bool,
+    #[command(flatten)]
+    generation: GenerationArgs,
+    #[command(flatten)]
+    device: DeviceArg,
 }
 
 #[derive(Args)]
@@ -704,6 +745,32 @@ fn main() -> Result<()> {
         }),
         Command::CacheLatents(args) => cache_latents(args),
         Command::Eval(args) => eval(args),
+        Command::Sweep {
+            command: SweepCommand::BlockSize(args),
+        } => {
+            let generation = Generation {
+                sampler: args.generation.sampler,
+                steps: args.generation.steps,
+                cfg: args.generation.cfg.unwrap_or(Generation::default().cfg),
+                kv_cache: !args.generation.no_kv_cache,
+            };
+            let points = BlockSizeSweep {
+                block_sides: args.block_sides,
+                steps: args.steps,
+                samples: args.samples,
+                out: args.out.clone(),
+                inception: (!args.classifier_only).then_some(args.inception),
+                data: args.data,
+                generation,
+            }
+            .run(&args.device.device()?)?;
+            println!(
+                "{} points: {}",
+                points.len(),
+                args.out.join("table.md").display()
+            );
+            Ok(())
+        }
         Command::TrainClassifier {
             data,
             epochs,

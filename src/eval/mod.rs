@@ -10,3 +10,4 @@ pub mod inception;
 pub mod job;
 pub mod manifold;
 pub mod resize;
+pub mod sweep;
