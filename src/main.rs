@@ -158,8 +158,8 @@ struct SweepArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,2,3,6")]
     block_sides: Vec<usize>,
     /// Training steps at every point.
-    #[arg(long, default_value_t = 2000)]
-    steps: u64,
+    #[arg(long, default_value_t = 2500)]
+    train_steps: u64,
     /// Samples each point is scored on.
     #[arg(long, default_value_t = 1000)]
     samples: usize,
@@ -756,7 +756,7 @@ fn main() -> Result<()> {
             };
             let points = BlockSizeSweep {
                 block_sides: args.block_sides,
-                steps: args.steps,
+                steps: args.train_steps,
                 samples: args.samples,
                 out: args.out.clone(),
                 inception: (!args.classifier_only).then_some(args.inception),
@@ -1023,4 +1023,14 @@ fn conform(dirs: &[PathBuf]) -> Result<()> {
     }
     println!("all checks passed");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap's own checks of every command: no two flags of one command share a name.
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }
