@@ -190,6 +190,19 @@ pub struct Encoder {
     pub conv_out: Conv2d,
 }
 
+/// `count` ResNet blocks from `c_in` channels to `c_out`; the first one changes the width.
+fn resnets(
+    config: &VaeConfig,
+    c_in: usize,
+    c_out: usize,
+    count: usize,
+    device: &Device,
+) -> Vec<ResnetBlock> {
+    (0..count)
+        .map(|i| ResnetBlock::new(config, if i == 0 { c_in } else { c_out }, c_out, device))
+        .collect()
+}
+
 impl Encoder {
     pub fn new(config: &VaeConfig, device: &Device) -> Self {
         let widths = &config.block_out_channels;
@@ -197,32 +210,22 @@ impl Encoder {
         let down_blocks = widths
             .iter()
             .enumerate()
-            .map(|(level, &c_out)| {
-                let c_in = if level == 0 {
-                    widths[0]
+            .map(|(level, &c_out)| DownBlock {
+                resnets: resnets(
+                    config,
+                    widths[level.saturating_sub(1)],
+                    c_out,
+                    config.layers_per_block,
+                    device,
+                ),
+                downsamplers: if level + 1 < widths.len() {
+                    let conv = Conv2dConfig::new([c_out, c_out], [3, 3])
+                        .with_stride([2, 2])
+                        .init(device);
+                    vec![Downsample { conv }]
                 } else {
-                    widths[level - 1]
-                };
-                DownBlock {
-                    resnets: (0..config.layers_per_block)
-                        .map(|i| {
-                            ResnetBlock::new(
-                                config,
-                                if i == 0 { c_in } else { c_out },
-                                c_out,
-                                device,
-                            )
-                        })
-                        .collect(),
-                    downsamplers: if level + 1 < widths.len() {
-                        let conv = Conv2dConfig::new([c_out, c_out], [3, 3])
-                            .with_stride([2, 2])
-                            .init(device);
-                        vec![Downsample { conv }]
-                    } else {
-                        Vec::new()
-                    },
-                }
+                    Vec::new()
+                },
             })
             .collect();
         Self {
@@ -266,31 +269,21 @@ impl Decoder {
         let up_blocks = reversed
             .iter()
             .enumerate()
-            .map(|(level, &c_out)| {
-                let c_in = if level == 0 {
-                    reversed[0]
+            .map(|(level, &c_out)| UpBlock {
+                resnets: resnets(
+                    config,
+                    reversed[level.saturating_sub(1)],
+                    c_out,
+                    config.layers_per_block + 1,
+                    device,
+                ),
+                upsamplers: if level + 1 < reversed.len() {
+                    vec![Upsample {
+                        conv: conv(c_out, c_out, 3, device),
+                    }]
                 } else {
-                    reversed[level - 1]
-                };
-                UpBlock {
-                    resnets: (0..=config.layers_per_block)
-                        .map(|i| {
-                            ResnetBlock::new(
-                                config,
-                                if i == 0 { c_in } else { c_out },
-                                c_out,
-                                device,
-                            )
-                        })
-                        .collect(),
-                    upsamplers: if level + 1 < reversed.len() {
-                        vec![Upsample {
-                            conv: conv(c_out, c_out, 3, device),
-                        }]
-                    } else {
-                        Vec::new()
-                    },
-                }
+                    Vec::new()
+                },
             })
             .collect();
         let finest = *reversed.last().expect("checked: at least one level");
