@@ -119,20 +119,7 @@ enum Command {
     },
     /// Train the project's digit classifier (the feature space of `acdit eval`'s classifier FID,
     /// and the judge of class-conditional samples) on MNIST.
-    TrainClassifier {
-        /// MNIST IDX files [default: data/mnist, else the built-in subset].
-        #[arg(long)]
-        data: Option<PathBuf>,
-        #[arg(long, default_value_t = ClassifierTraining::default().epochs)]
-        epochs: u64,
-        #[arg(long, default_value_t = ClassifierTraining::default().seed)]
-        seed: u64,
-        /// Where the weights go (the test accuracy in their metadata).
-        #[arg(long, default_value = "classifier.safetensors")]
-        out: PathBuf,
-        #[command(flatten)]
-        device: DeviceArg,
-    },
+    TrainClassifier(TrainClassifierArgs),
     /// Encode an image folder (one subfolder a class) once through the VAE into latent shards
     /// that `acdit train --data` reads; rerun, it keeps finished shards.
     CacheLatents(CacheLatentsArgs),
@@ -143,6 +130,22 @@ enum Command {
         #[arg(required = true)]
         dirs: Vec<PathBuf>,
     },
+}
+
+#[derive(Args)]
+struct TrainClassifierArgs {
+    /// MNIST IDX files [default: data/mnist, else the built-in subset].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(long, default_value_t = ClassifierTraining::default().epochs)]
+    epochs: u64,
+    #[arg(long, default_value_t = ClassifierTraining::default().seed)]
+    seed: u64,
+    /// Where the weights go (the test accuracy in their metadata).
+    #[arg(long, default_value = "classifier.safetensors")]
+    out: PathBuf,
+    #[command(flatten)]
+    device: DeviceArg,
 }
 
 #[derive(Subcommand)]
@@ -747,60 +750,8 @@ fn main() -> Result<()> {
         Command::Eval(args) => eval(args),
         Command::Sweep {
             command: SweepCommand::BlockSize(args),
-        } => {
-            let generation = Generation {
-                sampler: args.generation.sampler,
-                steps: args.generation.steps,
-                cfg: args.generation.cfg.unwrap_or(Generation::default().cfg),
-                kv_cache: !args.generation.no_kv_cache,
-            };
-            let points = BlockSizeSweep {
-                block_sides: args.block_sides,
-                steps: args.train_steps,
-                samples: args.samples,
-                out: args.out.clone(),
-                inception: (!args.classifier_only).then_some(args.inception),
-                data: args.data,
-                generation,
-            }
-            .run(&args.device.device()?)?;
-            println!(
-                "{} points: {}",
-                points.len(),
-                args.out.join("table.md").display()
-            );
-            Ok(())
-        }
-        Command::TrainClassifier {
-            data,
-            epochs,
-            seed,
-            out,
-            device,
-        } => {
-            let load = |split| match &data {
-                Some(dir) => Ok(acdit::data::idx::load_mnist_dir(
-                    dir,
-                    acdit::data::idx::DatasetKind::Mnist,
-                    split,
-                )?),
-                None => mnist_or_built_in(split).map(|(set, _)| set),
-            };
-            let (train, test) = (load(Split::Train)?, load(Split::Test)?);
-            let settings = ClassifierTraining {
-                epochs,
-                seed,
-                ..ClassifierTraining::default()
-            };
-            let accuracy = train_classifier(&settings, &train, &test, &out, &device.device()?)?;
-            println!(
-                "test accuracy {:.2}% on {} digits -> {}",
-                100.0 * accuracy,
-                test.n,
-                out.display()
-            );
-            Ok(())
-        }
+        } => sweep_block_size(args),
+        Command::TrainClassifier(args) => train_digit_classifier(args),
         Command::Conform { dirs } => conform(&dirs),
     }
 }
@@ -941,6 +892,56 @@ fn train(args: TrainArgs) -> Result<()> {
         return Ok(());
     }
     job.run(&args.device.device()?.autodiff())
+}
+
+fn sweep_block_size(args: SweepArgs) -> Result<()> {
+    let generation = Generation {
+        sampler: args.generation.sampler,
+        steps: args.generation.steps,
+        cfg: args.generation.cfg.unwrap_or(Generation::default().cfg),
+        kv_cache: !args.generation.no_kv_cache,
+    };
+    let points = BlockSizeSweep {
+        block_sides: args.block_sides,
+        steps: args.train_steps,
+        samples: args.samples,
+        out: args.out.clone(),
+        inception: (!args.classifier_only).then_some(args.inception),
+        data: args.data,
+        generation,
+    }
+    .run(&args.device.device()?)?;
+    println!(
+        "{} points: {}",
+        points.len(),
+        args.out.join("table.md").display()
+    );
+    Ok(())
+}
+
+fn train_digit_classifier(args: TrainClassifierArgs) -> Result<()> {
+    let load = |split| match &args.data {
+        Some(dir) => Ok(acdit::data::idx::load_mnist_dir(
+            dir,
+            DatasetKind::Mnist,
+            split,
+        )?),
+        None => mnist_or_built_in(split).map(|(set, _)| set),
+    };
+    let (train, test) = (load(Split::Train)?, load(Split::Test)?);
+    let settings = ClassifierTraining {
+        epochs: args.epochs,
+        seed: args.seed,
+        ..ClassifierTraining::default()
+    };
+    let accuracy = train_classifier(&settings, &train, &test, &args.out, &args.device.device()?)?;
+    println!(
+        "test accuracy {:.2}% on {} digits -> {}",
+        100.0 * accuracy,
+        test.n,
+        args.out.display()
+    );
+    Ok(())
 }
 
 fn eval(args: EvalArgs) -> Result<()> {
