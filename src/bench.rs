@@ -129,7 +129,10 @@ pub fn run(job: &BenchJob) -> Result<()> {
         BenchPart::All | BenchPart::Train | BenchPart::Video
     );
     if trains && job.precision != Precision::F32 {
-        anyhow::bail!("training is benchmarked in f32: --dtype bf16 is for `sample`, `xl` and `h`");
+        anyhow::bail!(
+            "--dtype bf16 here makes every tensor bf16, which is for sampling (`sample`, `xl`, `h`); \
+             mixed-precision training (f32 weights, bf16 compute) is `acdit train --dtype bf16`"
+        );
     }
     match job.part {
         BenchPart::Video => return bench_video(job),

@@ -15,13 +15,23 @@ pub fn parse(name: &str) -> Result<Device> {
 
 /// The float type tensors are made in. bf16 halves the memory of weights and activations; on
 /// the CPU backend its matmuls convert to f32, so it saves memory, not time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Precision {
+    #[default]
     F32,
     Bf16,
 }
 
 impl Precision {
+    /// The tensor type of this precision.
+    pub fn dtype(self) -> burn::tensor::DType {
+        match self {
+            Precision::F32 => burn::tensor::DType::F32,
+            Precision::Bf16 => burn::tensor::DType::BF16,
+        }
+    }
+
     /// Bytes a value.
     pub fn bytes(self) -> usize {
         match self {

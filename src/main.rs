@@ -532,6 +532,10 @@ struct TrainArgs {
     /// Run folder [default: runs/<preset>].
     #[arg(long)]
     out: Option<PathBuf>,
+    /// The float type of the forward and backward pass; bf16 keeps the weights, the
+    /// optimizer's moments and the EMA in f32.
+    #[arg(long, value_parser = choice::<Precision>())]
+    dtype: Option<Precision>,
     /// Print the resolved training config as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -884,6 +888,7 @@ fn train(args: TrainArgs) -> Result<()> {
             seed: args.seed,
             checkpoint_every: args.checkpoint_every,
             sample_every: args.sample_every,
+            precision: args.dtype,
         },
         vae: args.vae,
     };

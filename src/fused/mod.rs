@@ -127,6 +127,8 @@ mod composed {
     }
 
     pub fn rope(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
+        // The tables are f32; a bf16 model rotates in bf16.
+        let (cos, sin) = (cos.cast(x.dtype()), sin.cast(x.dtype()));
         let half = x.dims()[3] / 2;
         let first = x.clone().narrow(3, 0, half);
         let second = x.clone().narrow(3, half, half);

@@ -226,8 +226,9 @@ fn skip_causal_attend(
         };
     };
     let clean_len = clean.k.dims()[2];
-    let clean_scores =
-        q.matmul(clean.k.clone().swap_dims(2, 3)) * scale + bias.noisy_to_clean.clone();
+    let q_dtype = q.dtype();
+    let clean_scores = q.matmul(clean.k.clone().swap_dims(2, 3)) * scale
+        + bias.noisy_to_clean.clone().cast(q_dtype);
     let probs = softmax(Tensor::cat(vec![clean_scores, own_scores], 3));
     let from_clean = probs
         .clone()
@@ -300,7 +301,11 @@ pub fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, bias: Option<Tensor<4>>)
     let scale = 1.0 / (q.dims()[3] as f64).sqrt();
     let scores = q.matmul(k.swap_dims(2, 3)) * scale;
     let scores = match bias {
-        Some(bias) => scores + bias,
+        // The masks are f32; a bf16 model attends in bf16.
+        Some(bias) => {
+            let dtype = scores.dtype();
+            scores + bias.cast(dtype)
+        }
         None => scores,
     };
     softmax(scores).matmul(v)

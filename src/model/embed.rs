@@ -42,8 +42,10 @@ impl TimestepEmbedder {
     /// t: (n) timesteps -> (n, hidden)
     pub fn forward(&self, t: &[f32], device: &Device) -> Tensor<2> {
         let features = timestep_features(t, FREQUENCY_EMBEDDING_SIZE);
+        // In the weights' float type: a bf16 copy of the model computes in bf16.
         let features = Tensor::<1>::from_floats(features.as_slice(), device)
-            .reshape([t.len(), FREQUENCY_EMBEDDING_SIZE]);
+            .reshape([t.len(), FREQUENCY_EMBEDDING_SIZE])
+            .cast(self.mlp_in.weight.val().dtype());
         self.mlp_out.forward(silu(self.mlp_in.forward(features)))
     }
 }

@@ -61,6 +61,20 @@ impl Acdit {
     }
 }
 
+/// `model` with every parameter cast to `dtype` as an operation of the autodiff graph: the
+/// gradients of a loss computed with the result reach the original parameters, in their type.
+/// Mixed-precision training computes through such a copy of its f32 weights.
+pub fn cast_in_graph<M: Module>(model: M, dtype: burn::tensor::DType) -> M {
+    struct Cast(burn::tensor::DType);
+    impl ModuleMapper for Cast {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let (id, value, mapper) = param.consume();
+            Param::from_mapped_value(id, value.cast(self.0), mapper)
+        }
+    }
+    model.map(&mut Cast(dtype))
+}
+
 /// Every parameter's current value, flattened and without autodiff, by reference name.
 /// With `grads`, each parameter's gradient instead (parameters without one are left out).
 pub fn flat_params<M: Module>(model: &M, grads: Option<&Gradients>) -> BTreeMap<String, Tensor<1>> {

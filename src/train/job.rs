@@ -79,6 +79,7 @@ pub struct TrainOverrides {
     pub seed: Option<u64>,
     pub checkpoint_every: Option<u64>,
     pub sample_every: Option<u64>,
+    pub precision: Option<crate::device::Precision>,
 }
 
 impl TrainOverrides {
@@ -108,6 +109,9 @@ impl TrainOverrides {
         if let Some(v) = self.ema_decay {
             config.ema_decay = v;
         }
+        if let Some(v) = self.precision {
+            config.precision = v;
+        }
     }
 
     /// The overrides besides `steps`, by flag name: a resumed run keeps everything that shapes
@@ -123,6 +127,7 @@ impl TrainOverrides {
             ("--seed", self.seed.is_some()),
             ("--checkpoint-every", self.checkpoint_every.is_some()),
             ("--sample-every", self.sample_every.is_some()),
+            ("--dtype", self.precision.is_some()),
         ]
         .into_iter()
         .filter_map(|(flag, given)| given.then_some(flag))
