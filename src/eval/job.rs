@@ -504,7 +504,7 @@ impl EvalJob {
 }
 
 /// `count` samples of `model`, the classes in turn, as bytes.
-fn generate(
+pub(crate) fn generate(
     sampling: &crate::sampling::SamplingModel,
     count: usize,
     generation: &crate::diffusion::blockwise::Generation,

@@ -14,12 +14,12 @@ use serde::{Deserialize, Serialize};
 use super::classifier::DigitClassifier;
 use super::images::ImageSet;
 use super::inception::InceptionV3;
-use super::job::{Judges, ReferenceSide, reference_side, score};
+use super::job::{Judges, ReferenceSide, generate, reference_side, score};
 use crate::checkpoint::load::{WeightsKind, WeightsSource};
 use crate::data::idx::{DatasetKind, Split, load_mnist_dir, mnist_or_built_in};
-use crate::diffusion::blockwise::{Generation, Quiet};
+use crate::diffusion::blockwise::Generation;
 use crate::output::{Panel, plot_panels};
-use crate::sampling::{load_model, sample_images};
+use crate::sampling::load_model;
 use crate::train::TrainConfig;
 use crate::train::job::{TrainJob, TrainOverrides, TrainPreset};
 
@@ -174,21 +174,12 @@ impl BlockSizeSweep {
         let (train_seconds, final_loss) = last_metrics(&run.join("metrics.jsonl"))?;
         let ema = run.join("ema.safetensors");
         let model = load_model(WeightsSource::File(&ema), WeightsKind::Ema, None, device)?;
-        let classes = model.model.config().num_classes as i64;
-        let labels: Vec<i64> = (0..self.samples as i64).map(|i| i % classes).collect();
-        println!("block {side}x{side}: sampling {} images", labels.len());
+        println!("block {side}x{side}: sampling {} images", self.samples);
         let started = Instant::now();
-        let pixels = sample_images(&model.model, &labels, &self.generation, 0, 100, &mut Quiet);
+        let samples = generate(&model, self.samples, &self.generation, 0, 100)?;
         let sample_seconds = started.elapsed().as_secs_f64();
+        let samples = samples.padded_to(28)?;
         let m = model.model.config();
-        let (c, hw) = (m.in_channels, m.img_hw);
-        let batch = crate::output::ImageBatch::new(&pixels, [labels.len(), c, hw, hw])?;
-        let samples = ImageSet {
-            pixels: batch.to_u8_nhwc(),
-            shape: [labels.len(), hw, hw, c],
-            labels: Some(labels.clone()),
-        }
-        .padded_to(28)?;
         let scores = score(
             &samples,
             reference,
@@ -204,7 +195,7 @@ impl BlockSizeSweep {
             blocks: m.ar_len,
             train_seconds,
             final_loss,
-            sample_seconds_per_image: sample_seconds / labels.len() as f64,
+            sample_seconds_per_image: sample_seconds / self.samples as f64,
             kv_cache_bytes_per_image: guidance_rows
                 * 2
                 * m.depth

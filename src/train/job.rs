@@ -405,47 +405,47 @@ impl TrainJob {
 }
 
 fn check_latents_fit(config: &TrainConfig, latents: &LatentSet) -> Result<()> {
-    let model = &config.model;
-    let [c, h, w] = latents.manifest.latent_shape;
-    if (c, h, w) != (model.in_channels, model.img_hw, model.img_hw) {
-        bail!(
-            "{}: latents are {c}x{h}x{w} but the model takes {}x{}x{}",
-            latents.dir.display(),
-            model.in_channels,
-            model.img_hw,
-            model.img_hw
-        );
-    }
-    let classes = latents.manifest.class_names.len();
-    if classes > model.num_classes {
-        bail!(
-            "{}: {classes} classes but the model only {}",
-            latents.dir.display(),
-            model.num_classes
-        );
-    }
-    Ok(())
+    let dir = latents.dir.display();
+    check_fits(
+        config,
+        &format!("{dir}: latents"),
+        latents.manifest.latent_shape,
+        &format!("{dir} has"),
+        latents.manifest.class_names.len(),
+    )
 }
 
 fn check_dataset_fits(config: &TrainConfig, dataset: &ImageDataset) -> Result<()> {
+    check_fits(
+        config,
+        "the dataset's images",
+        [dataset.channels, dataset.height, dataset.width],
+        "the dataset has",
+        dataset.num_classes,
+    )
+}
+
+/// Training data of `shape` (channels, height, width) in `classes` classes must be what the
+/// model takes; `items` and `holder` name the data in the errors.
+fn check_fits(
+    config: &TrainConfig,
+    items: &str,
+    [c, h, w]: [usize; 3],
+    holder: &str,
+    classes: usize,
+) -> Result<()> {
     let model = &config.model;
-    if (dataset.channels, dataset.height, dataset.width)
-        != (model.in_channels, model.img_hw, model.img_hw)
-    {
+    if (c, h, w) != (model.in_channels, model.img_hw, model.img_hw) {
         bail!(
-            "the dataset's images are {}x{}x{} but the model takes {}x{}x{}",
-            dataset.channels,
-            dataset.height,
-            dataset.width,
+            "{items} are {c}x{h}x{w} but the model takes {}x{}x{}",
             model.in_channels,
             model.img_hw,
             model.img_hw
         );
     }
-    if dataset.num_classes > model.num_classes {
+    if classes > model.num_classes {
         bail!(
-            "the dataset has {} classes but the model only {}",
-            dataset.num_classes,
+            "{holder} {classes} classes but the model only {}",
             model.num_classes
         );
     }
