@@ -72,7 +72,14 @@ impl FeatureStats {
                 path.display()
             );
         };
+        Self::from_arrays(&arrays, "", path)
+    }
+
+    /// The statistics `{prefix}mu` and `{prefix}sigma` (and `count`) among the arrays of the
+    /// `.npz` at `path`, checking the shapes.
+    pub fn from_arrays(arrays: &[NpyArray], prefix: &str, path: &Path) -> Result<Self> {
         let find = |name: &str| {
+            let name = format!("{prefix}{name}");
             arrays
                 .iter()
                 .find(|a| a.name == name)
@@ -82,7 +89,7 @@ impl FeatureStats {
         let d = mu.shape.first().copied().unwrap_or(0);
         if mu.shape.len() != 1 || sigma.shape != [d, d] {
             bail!(
-                "{}: `mu` {:?} and `sigma` {:?} are not (d) and (d, d)",
+                "{}: `{prefix}mu` {:?} and `{prefix}sigma` {:?} are not (d) and (d, d)",
                 path.display(),
                 mu.shape,
                 sigma.shape

@@ -141,25 +141,9 @@ impl ReferenceSide {
             );
         };
         let array = |name: &str| arrays.iter().find(|a| a.name == name);
-        let stats = match array("mu") {
-            Some(_) => {
-                let stats = FeatureStats::load(path)?;
-                if stats.dim() != FEATURES {
-                    bail!(
-                        "{}: statistics of width {}, but Inception features are {FEATURES} wide",
-                        path.display(),
-                        stats.dim()
-                    );
-                }
-                Some(stats)
-            }
-            None if array("classifier_mu").is_some() => None,
-            None => bail!("{}: no `mu` and `sigma` statistics", path.display()),
-        };
-        let count = array("count")
-            .and_then(|a| a.to_i64())
-            .and_then(|v| v.first().copied())
-            .unwrap_or(0) as usize;
+        if array("mu").is_none() && array("classifier_mu").is_none() {
+            bail!("{}: no `mu` and `sigma` statistics", path.display());
+        }
         let points = |name: &str, dim: usize| -> Result<Option<Vec<f32>>> {
             let Some(a) = array(name) else {
                 return Ok(None);
@@ -176,34 +160,27 @@ impl ReferenceSide {
                 .with_context(|| format!("{}: `{name}` is not float", path.display()))?;
             Ok(Some(values.iter().map(|&v| v as f32).collect()))
         };
-        let classifier = match (array("classifier_mu"), array("classifier_sigma")) {
-            (Some(mu), Some(sigma)) => {
-                let d = mu.shape.first().copied().unwrap_or(0);
-                let (mu, sigma) = (mu.to_f64(), sigma.to_f64());
-                let (Some(mu), Some(sigma)) = (mu, sigma) else {
-                    bail!("{}: classifier statistics are not float", path.display());
-                };
-                if sigma.len() != d * d {
-                    bail!("{}: `classifier_sigma` is not ({d}, {d})", path.display());
-                }
-                Some(SpaceReference {
-                    stats: FeatureStats {
-                        mu: nalgebra::DVector::from_vec(mu),
-                        sigma: nalgebra::DMatrix::from_row_slice(d, d, &sigma),
-                        count,
-                    },
-                    points: points("classifier_points", d)?,
-                })
+        let space = |prefix: &str| -> Result<Option<SpaceReference>> {
+            if array(&format!("{prefix}mu")).is_none() {
+                return Ok(None);
             }
-            _ => None,
+            let stats = FeatureStats::from_arrays(&arrays, prefix, path)?;
+            let points = points(&format!("{prefix}points"), stats.dim())?;
+            Ok(Some(SpaceReference { stats, points }))
         };
-        let inception = match stats {
-            Some(stats) => Some(SpaceReference {
-                points: points("points", FEATURES)?,
-                stats,
-            }),
-            None => None,
-        };
+        let (inception, classifier) = (space("")?, space("classifier_")?);
+        let width = inception.as_ref().map(|s| s.stats.dim());
+        if let Some(width) = width.filter(|&w| w != FEATURES) {
+            bail!(
+                "{}: statistics of width {width}, but Inception features are {FEATURES} wide",
+                path.display()
+            );
+        }
+        // `count` is one array for both spaces.
+        let count = inception
+            .as_ref()
+            .or(classifier.as_ref())
+            .map_or(0, |s| s.stats.count);
         Ok(Self {
             count,
             inception,
