@@ -529,6 +529,10 @@ struct TrainArgs {
     /// Continue a run from its checkpoint (only --steps may change its config).
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Start a fresh run from these weights instead of random ones: a built-in model's name
+    /// (`mnist`) or a weights file whose every tensor fits the run's model.
+    #[arg(long, conflicts_with = "resume")]
+    init: Option<String>,
     /// Run folder [default: runs/<preset>].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -876,6 +880,7 @@ fn train(args: TrainArgs) -> Result<()> {
         config_file: args.config,
         data: args.data,
         resume: args.resume,
+        init: args.init,
         out: args.out,
         overrides: TrainOverrides {
             steps: args.steps,

@@ -165,6 +165,7 @@ impl BlockSizeSweep {
                 config_file: resume.is_none().then(|| config_file.clone()),
                 data: self.data.clone(),
                 resume,
+                init: None,
                 out: Some(run.clone()),
                 overrides: TrainOverrides::default(),
                 vae: None,
@@ -267,7 +268,7 @@ impl BlockSizeSweep {
             curves: vec![("accuracy", x(|p| 100.0 * p.conditional_accuracy))],
         });
         panels.push(Panel {
-            title: "sampling: milliseconds an image; KV cache: KiB an image".into(),
+            title: "sampling cost per image".into(),
             x_label,
             curves: vec![
                 ("ms an image", x(|p| 1000.0 * p.sample_seconds_per_image)),

@@ -135,6 +135,7 @@ mod tests {
             config_file: None,
             data: Some(whole.clone()),
             resume: None,
+            init: None,
             out: Some(run.clone()),
             overrides: TrainOverrides {
                 steps: Some(2),

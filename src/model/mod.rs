@@ -632,6 +632,44 @@ pub(crate) mod tests {
         (run(true), run(false))
     }
 
+    /// Sampling must run the function training fits: for every block k, the training forward's
+    /// prediction on noisy block k equals the sampling call's on that block with clean blocks
+    /// 0..k as its context, at that block's timestep.
+    #[test]
+    fn sampling_calls_predict_what_the_training_forward_predicts() {
+        let device = Device::flex();
+        for config in [tiny_video_config(), tiny_config(2)] {
+            let model = random_model(&config, &device, 21);
+            let TrainingInputs {
+                clean, noisy, t, ..
+            } = TrainingInputs::random(&config, 22, &device);
+            let labels = [2, 4];
+            let trained = model.forward_train(clean.clone(), noisy.clone(), &t, &labels);
+            let (blocks, block_len) = (config.ar_len, config.block_size);
+            let scale = trained.clone().abs().max().into_scalar::<f32>();
+            for k in 0..blocks {
+                let block_t = [t[k], t[blocks + k]];
+                let noisy_k = noisy.clone().narrow(1, k * block_len, block_len);
+                let prefix = (k > 0).then(|| clean.clone().narrow(1, 0, k * block_len));
+                let sampled =
+                    model.forward_recompute(noisy_k.clone(), prefix, &block_t, &labels, k);
+                let trained_k = trained.clone().narrow(1, k * block_len, block_len);
+                let diff = max_abs_diff(trained_k.clone(), sampled);
+                assert!(
+                    diff <= 1e-4 * scale,
+                    "{} frames, block {k}: diff {diff} scale {scale}",
+                    config.temporal_len
+                );
+                // The context is read: another prefix changes the prediction.
+                if k > 0 {
+                    let other = noisy.clone().narrow(1, 0, k * block_len);
+                    let moved = model.forward_recompute(noisy_k, Some(other), &block_t, &labels, k);
+                    assert!(max_abs_diff(trained_k, moved) > 1e-3 * scale);
+                }
+            }
+        }
+    }
+
     #[test]
     fn cached_sampling_equals_recompute() {
         for (block_side, cfg) in [(2, 1.5), (1, 1.0), (4, 1.5)] {

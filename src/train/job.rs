@@ -10,6 +10,7 @@ use super::lr::LrSchedule;
 use super::run::{RunDir, run};
 use super::state::Checkpoint;
 use super::{TrainConfig, Trainer};
+use crate::checkpoint::load::{WeightsKind, WeightsSource, built_in_model, load_weights};
 use crate::data::idx::{
     DatasetKind, Split, embedded_mnist, load_mnist_dir, mnist_files, mnist_or_built_in,
 };
@@ -147,6 +148,9 @@ pub struct TrainJob {
     pub data: Option<PathBuf>,
     /// A checkpoint to continue from.
     pub resume: Option<PathBuf>,
+    /// Weights a fresh run starts from instead of random ones (a built-in model's name or a
+    /// weights file): fine-tuning, e.g. a video model from the image model of the same width.
+    pub init: Option<String>,
     /// The run folder; default `runs/<preset>`, or `runs/latent` for latent data.
     pub out: Option<PathBuf>,
     pub overrides: TrainOverrides,
@@ -201,6 +205,9 @@ impl TrainJob {
                 resumed: None,
             });
         };
+        if self.init.is_some() {
+            bail!("--init starts a fresh run; a resumed run continues from its own weights");
+        }
         let fixed = self.overrides.fixed_by_resume();
         if !fixed.is_empty() || self.config_file.is_some() {
             bail!(
@@ -271,6 +278,19 @@ impl TrainJob {
             }
             None => Trainer::new(config, data.epoch_len(), device),
         };
+        if let Some(init) = &self.init {
+            let source = match Path::new(init) {
+                path if path.exists() => WeightsSource::File(path),
+                _ => WeightsSource::BuiltIn(built_in_model(init).with_context(|| {
+                    format!("--init {init}: no such file, nor a built-in model")
+                })?),
+            };
+            let weights = load_weights(source, WeightsKind::Ema, None)?;
+            trainer
+                .start_from(&weights.tensors)
+                .with_context(|| format!("--init {init} does not fit this run's model"))?;
+            println!("starting from the weights of {init}");
+        }
         println!(
             "training on {described}; {} parameters",
             burn::module::Module::num_params(&trainer.model)
@@ -474,6 +494,7 @@ mod tests {
             config_file: None,
             data: None,
             resume: Some(checkpoint),
+            init: None,
             out: Some(out),
             overrides,
             vae: None,
@@ -507,6 +528,44 @@ mod tests {
     }
 
     #[test]
+    fn a_fresh_run_starts_from_weights_that_fit_and_names_a_tensor_that_does_not() {
+        let temp = tempfile::tempdir().unwrap();
+        let checkpoint = finished_checkpoint(temp.path());
+        let weights =
+            load_weights(WeightsSource::File(&checkpoint), WeightsKind::Ema, None).unwrap();
+        let (config, dataset) = crate::train::tests::tiny_run(3);
+        let device = Device::flex().autodiff();
+        let mut trainer = Trainer::new(config.clone(), dataset.n, &device);
+        assert_ne!(trainer.model.to_tensors(), weights.tensors);
+        trainer.start_from(&weights.tensors).unwrap();
+        assert_eq!(trainer.model.to_tensors(), weights.tensors);
+        assert_eq!(trainer.ema.model.to_tensors(), weights.tensors);
+        trainer.train_step(&dataset).unwrap();
+        assert_ne!(trainer.model.to_tensors(), weights.tensors, "it trains on");
+
+        let mut wider = config;
+        wider.model.hidden_size = 128;
+        wider.model.num_heads = 2;
+        let message = Trainer::new(wider, dataset.n, &device)
+            .start_from(&weights.tensors)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("expected") && message.contains("found"),
+            "{message}"
+        );
+
+        let mut job = resume_job(
+            checkpoint,
+            temp.path().join("run"),
+            TrainOverrides::default(),
+        );
+        job.init = Some("mnist".into());
+        let message = job.resolve().err().unwrap().to_string();
+        assert!(message.contains("--init starts a fresh run"), "{message}");
+    }
+
+    #[test]
     fn settings_a_resume_would_ignore_are_refused() {
         let temp = tempfile::tempdir().unwrap();
         let checkpoint = finished_checkpoint(temp.path());
@@ -527,6 +586,7 @@ mod tests {
             config_file: None,
             data: None,
             resume: None,
+            init: None,
             out: None,
             overrides: TrainOverrides::default(),
             vae: None,

@@ -277,6 +277,20 @@ impl Trainer {
         }
     }
 
+    /// Replaces a fresh run's weights, and its EMA, with `tensors`: a trained model to fine-tune
+    /// from. Every tensor must fit this run's model by name and shape; the rest of the config
+    /// (patch grid, blocks, frames, RoPE) may differ, as it has no weights.
+    pub fn start_from(
+        &mut self,
+        tensors: &NamedTensors,
+    ) -> Result<(), crate::checkpoint::tensors::CheckpointError> {
+        assert_eq!(self.step, 0, "only a fresh run starts from other weights");
+        let device = self.model.device();
+        self.model = Acdit::new(&self.config.model, &device).load_tensors(tensors)?;
+        self.ema = Ema::new(&self.model, self.config.ema_decay);
+        Ok(())
+    }
+
     /// Continues exactly where `checkpoint` left off.
     pub fn resume(
         checkpoint: Checkpoint,
