@@ -70,7 +70,7 @@ fn help_shows_what_each_preset_sets_and_the_guidance_alias() {
     let binary = Path::new(env!("CARGO_BIN_EXE_acdit"));
     let help = text(&acdit(temp.path(), binary, &["train", "--help"]));
     assert!(
-        help.contains("[presets: mnist 9000, fashion-mnist 5000, moving-mnist 5500]"),
+        help.contains("[presets: mnist 9000, fashion-mnist 5000, moving-mnist 1200]"),
         "{help}"
     );
     let output = acdit(

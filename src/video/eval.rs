@@ -150,10 +150,15 @@ fn print_table(scores: &[HorizonScore]) {
         mean(|s| s.model.ssim),
         mean(|s| s.copy_last.ssim)
     );
-    println!(
-        "MSE over the predicted frames: {:.3} of copying the last context frame",
-        model_mse / copy_mse
-    );
+    if copy_mse > 0.0 {
+        println!(
+            "MSE over the predicted frames: {:.3} of copying the last context frame",
+            model_mse / copy_mse
+        );
+    } else {
+        // Still clips: copying is exact, and no ratio to it means anything.
+        println!("copying the last context frame is exact here (the truth does not move)");
+    }
 }
 
 fn plot(
