@@ -76,8 +76,8 @@ impl TrainConfig {
     /// blocks of 64 tokens), the MNIST recipe's network (hidden 128, depth 4), whose tensors have
     /// the same shapes, so that a run can start from the built-in MNIST model (`--init mnist`)
     /// and spend its time on motion rather than on drawing digits: batch 8, 1,200 steps at 2e-3,
-    /// 27 minutes on a 2-core CPU. At 5e-4 a model learned a quarter as well to copy a digit
-    /// that stands still. Patches of 8 make steps five times cheaper, but a model trained so
+    /// 27 minutes on a 2-core CPU. At 5e-4, copying a digit that stands still, a model made five
+    /// times the error. Patches of 8 make steps five times cheaper, but a model trained so
     /// ignored the frames before the block altogether.
     pub fn moving_mnist() -> Self {
         Self {
