@@ -6,9 +6,10 @@ use anyhow::{Result, bail};
 use burn::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::chunks::FeatureChunks;
 use super::classifier::{self, DigitClassifier};
 use super::images::ImageSet;
-use super::inception::{INPUT_SIDE, InceptionV3};
+use super::inception::{FEATURES, INPUT_SIDE, InceptionV3};
 use super::resize::preprocess;
 
 /// Images through Inception at once.
@@ -26,27 +27,36 @@ fn bar(len: usize, what: &str) -> ProgressBar {
     bar
 }
 
-/// Inception features (n, 2048) of `set`.
+/// Inception features (n, 2048) of `set`; with `chunks`, read from and saved to it chunk by
+/// chunk, so that a run cut off resumes.
 pub fn inception_features(
     network: &InceptionV3,
     set: &ImageSet,
     device: &Device,
     what: &str,
-) -> Vec<f32> {
+    chunks: Option<&FeatureChunks>,
+) -> Result<Vec<f32>> {
     let bar = bar(set.len(), &format!("Inception features of {what}"));
-    let mut out = Vec::with_capacity(set.len() * super::inception::FEATURES);
-    for start in (0..set.len()).step_by(INCEPTION_BATCH) {
-        let chunk = set.slice(start..(start + INCEPTION_BATCH).min(set.len()));
-        let n = chunk.len();
-        let input = preprocess(&chunk.pixels, chunk.shape);
-        let x = Tensor::<1>::from_floats(input.as_slice(), device)
-            .reshape([n, 3, INPUT_SIDE, INPUT_SIDE]);
-        let features = network.forward(x).into_data().convert::<f32>();
-        out.extend(features.try_to_vec::<f32>().expect("f32 features"));
-        bar.inc(n as u64);
-    }
+    let compute = |images: &ImageSet| -> Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(images.len() * FEATURES);
+        for start in (0..images.len()).step_by(INCEPTION_BATCH) {
+            let batch = images.slice(start..(start + INCEPTION_BATCH).min(images.len()));
+            let n = batch.len();
+            let input = preprocess(&batch.pixels, batch.shape);
+            let x = Tensor::<1>::from_floats(input.as_slice(), device)
+                .reshape([n, 3, INPUT_SIDE, INPUT_SIDE]);
+            let features = network.forward(x).into_data().convert::<f32>();
+            out.extend(features.try_to_vec::<f32>().expect("f32 features"));
+            bar.inc(n as u64);
+        }
+        Ok(out)
+    };
+    let out = match chunks {
+        Some(chunks) => chunks.features(set, "inception", FEATURES, &bar, compute)?,
+        None => compute(set)?,
+    };
     bar.finish_and_clear();
-    out
+    Ok(out)
 }
 
 /// The classifier's features (n, 128) of 28x28 grey `set`, and the class it reads in each.

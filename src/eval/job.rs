@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use serde::Serialize;
 
+use super::chunks::FeatureChunks;
 use super::classifier::{self, DigitClassifier};
 use super::features::{classifier_features, inception_features};
 use super::frechet::{FeatureStats, frechet_distance};
@@ -69,7 +70,16 @@ impl ReferenceSide {
         let inception = judges
             .inception
             .as_ref()
-            .map(|network| inception_features(network, set, device, "the reference"));
+            .map(|network| {
+                inception_features(
+                    network,
+                    set,
+                    device,
+                    "the reference",
+                    judges.chunks.as_ref(),
+                )
+            })
+            .transpose()?;
         let classifier = match (&judges.classifier, is_digit(set)) {
             (Some(model), true) => Some(classifier_features(model, set, device)?.0),
             _ => None,
@@ -195,6 +205,8 @@ pub struct Judges {
     pub inception: Option<InceptionV3>,
     /// For MNIST-like data.
     pub classifier: Option<DigitClassifier>,
+    /// Where Inception features are kept chunk by chunk until the evaluation ends.
+    pub chunks: Option<FeatureChunks>,
 }
 
 fn is_digit(set: &ImageSet) -> bool {
@@ -259,7 +271,7 @@ pub fn score(
 ) -> Result<SetScores> {
     let inception = match (&judges.inception, &reference.inception) {
         (Some(network), Some(space)) => {
-            let features = inception_features(network, set, device, what);
+            let features = inception_features(network, set, device, what, judges.chunks.as_ref())?;
             Some(space_scores(&features, FEATURES, space)?)
         }
         (Some(_), None) => bail!("the reference statistics have no Inception part"),
@@ -313,6 +325,11 @@ pub fn default_cache(name: &str) -> PathBuf {
     Path::new("data")
         .join("fid-stats")
         .join(format!("{name}.npz"))
+}
+
+/// Where `acdit eval` keeps Inception features while it runs, so that a run cut off resumes.
+pub fn default_chunks() -> PathBuf {
+    Path::new("data").join("fid-stats").join("chunks")
 }
 
 impl EvalReport {
@@ -406,6 +423,7 @@ impl EvalJob {
         let judges = Judges {
             inception,
             classifier: Some(DigitClassifier::load(self.classifier.as_deref(), device)?),
+            chunks: Some(FeatureChunks::new(default_chunks())),
         };
         let mut samples = self.samples()?;
         let split = |kind, dir: &Path, split| -> Result<ImageSet> {
@@ -462,6 +480,9 @@ impl EvalJob {
             let text = serde_json::to_string_pretty(&report)?;
             crate::atomic::write_bytes_atomic(path, text.as_bytes())
                 .with_context(|| format!("writing {}", path.display()))?;
+        }
+        if let Some(chunks) = &judges.chunks {
+            chunks.remove()?;
         }
         Ok(report)
     }

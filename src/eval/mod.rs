@@ -2,6 +2,7 @@
 //! space (and in a small classifier's, for MNIST-like data), improved precision and recall, and
 //! for class-conditional samples the classifier's agreement with the asked class.
 
+pub mod chunks;
 pub mod classifier;
 pub mod features;
 pub mod frechet;

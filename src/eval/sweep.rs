@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::chunks::FeatureChunks;
 use super::classifier::DigitClassifier;
 use super::images::ImageSet;
 use super::inception::InceptionV3;
@@ -100,6 +101,7 @@ impl BlockSizeSweep {
                 .map(|p| InceptionV3::load(p, device))
                 .transpose()?,
             classifier: Some(DigitClassifier::load(None, device)?),
+            chunks: Some(FeatureChunks::new(self.out.join("chunks"))),
         };
         let test = || -> Result<ImageSet> {
             let set = match &self.data {
@@ -134,6 +136,9 @@ impl BlockSizeSweep {
             points.push(point);
         }
         self.write_outputs(&points)?;
+        if let Some(chunks) = &judges.chunks {
+            chunks.remove()?;
+        }
         Ok(points)
     }
 
