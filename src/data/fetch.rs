@@ -54,7 +54,7 @@ pub fn inception_path(data_dir: &Path) -> PathBuf {
     data_dir.join("inception").join("default_1.pt")
 }
 
-fn sha1_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha1_hex(bytes: &[u8]) -> String {
     use sha1::Digest;
     sha1::Sha1::digest(bytes)
         .iter()

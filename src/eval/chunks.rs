@@ -12,8 +12,8 @@ use indicatif::ProgressBar;
 
 use super::images::ImageSet;
 
-/// Images a chunk: a cut-off run loses at most this many images' work (about 90 s of Inception on
-/// a 2-core CPU).
+/// Images a chunk: a cut-off run loses at most this many images' work (about a minute of
+/// Inception on a 2-core CPU).
 pub const CHUNK_IMAGES: usize = 512;
 
 /// A folder of finished chunks: raw little-endian f32 features, (images, width), one file each.

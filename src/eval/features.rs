@@ -52,7 +52,7 @@ pub fn inception_features(
         Ok(out)
     };
     let out = match chunks {
-        Some(chunks) => chunks.features(set, "inception", FEATURES, &bar, compute)?,
+        Some(chunks) => chunks.features(set, &network.feature_space, FEATURES, &bar, compute)?,
         None => compute(set)?,
     };
     bar.finish_and_clear();

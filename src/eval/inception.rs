@@ -42,6 +42,8 @@ struct ConvBn {
 
 pub struct InceptionV3 {
     convs: BTreeMap<String, ConvBn>,
+    /// Names this network's features in the chunk files of a resumable evaluation.
+    pub feature_space: String,
 }
 
 impl InceptionV3 {
@@ -111,7 +113,11 @@ impl InceptionV3 {
                 },
             );
         }
-        let network = Self { convs };
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let network = Self {
+            convs,
+            feature_space: feature_space(&crate::data::fetch::sha1_hex(&bytes)),
+        };
         network.check(path)?;
         Ok(network)
     }
@@ -306,9 +312,29 @@ fn expected_layers() -> Vec<String> {
     layers
 }
 
+/// `inception` for the FID network's own file, `inception-<SHA-1>` for any other file of its
+/// layout, so that features of two networks are never taken for each other.
+fn feature_space(file_sha1: &str) -> String {
+    if file_sha1 == crate::data::fetch::INCEPTION_SHA1 {
+        "inception".to_string()
+    } else {
+        format!("inception-{file_sha1}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_fid_networks_file_has_the_plain_feature_space() {
+        assert_eq!(
+            feature_space(crate::data::fetch::INCEPTION_SHA1),
+            "inception"
+        );
+        let other = "0123456789abcdef0123456789abcdef01234567";
+        assert_eq!(feature_space(other), format!("inception-{other}"));
+    }
 
     #[test]
     fn the_graph_runs_the_files_94_convolutions() {
