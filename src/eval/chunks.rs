@@ -85,13 +85,13 @@ impl FeatureChunks {
 
 /// `<space>-<width>-<SHA-1 of the shape and pixels>.f32`.
 fn chunk_name(chunk: &ImageSet, space: &str, width: usize) -> String {
-    use sha1::Digest;
-    let mut hash = sha1::Sha1::new();
-    for dim in chunk.shape {
-        hash.update((dim as u64).to_le_bytes());
-    }
-    hash.update(&chunk.pixels);
-    let digest: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let mut bytes: Vec<u8> = chunk
+        .shape
+        .iter()
+        .flat_map(|&dim| (dim as u64).to_le_bytes())
+        .collect();
+    bytes.extend_from_slice(&chunk.pixels);
+    let digest = crate::data::fetch::sha1_hex(&bytes);
     format!("{space}-{width}-{digest}.f32")
 }
 

@@ -27,14 +27,14 @@ fn bar(len: usize, what: &str) -> ProgressBar {
     bar
 }
 
-/// Inception features (n, 2048) of `set`; with `chunks`, read from and saved to it chunk by
-/// chunk, so that a run cut off resumes.
+/// Inception features (n, 2048) of `set`, read from and saved to `chunks` chunk by chunk, so
+/// that a run cut off resumes.
 pub fn inception_features(
     network: &InceptionV3,
     set: &ImageSet,
     device: &Device,
     what: &str,
-    chunks: Option<&FeatureChunks>,
+    chunks: &FeatureChunks,
 ) -> Result<Vec<f32>> {
     let bar = bar(set.len(), &format!("Inception features of {what}"));
     let compute = |images: &ImageSet| -> Result<Vec<f32>> {
@@ -51,10 +51,7 @@ pub fn inception_features(
         }
         Ok(out)
     };
-    let out = match chunks {
-        Some(chunks) => chunks.features(set, &network.feature_space, FEATURES, &bar, compute)?,
-        None => compute(set)?,
-    };
+    let out = chunks.features(set, &network.feature_space, FEATURES, &bar, compute)?;
     bar.finish_and_clear();
     Ok(out)
 }

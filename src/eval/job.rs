@@ -71,13 +71,7 @@ impl ReferenceSide {
             .inception
             .as_ref()
             .map(|network| {
-                inception_features(
-                    network,
-                    set,
-                    device,
-                    "the reference",
-                    judges.chunks.as_ref(),
-                )
+                inception_features(network, set, device, "the reference", &judges.chunks)
             })
             .transpose()?;
         let classifier = match (&judges.classifier, is_digit(set)) {
@@ -206,7 +200,7 @@ pub struct Judges {
     /// For MNIST-like data.
     pub classifier: Option<DigitClassifier>,
     /// Where Inception features are kept chunk by chunk until the evaluation ends.
-    pub chunks: Option<FeatureChunks>,
+    pub chunks: FeatureChunks,
 }
 
 fn is_digit(set: &ImageSet) -> bool {
@@ -271,7 +265,7 @@ pub fn score(
 ) -> Result<SetScores> {
     let inception = match (&judges.inception, &reference.inception) {
         (Some(network), Some(space)) => {
-            let features = inception_features(network, set, device, what, judges.chunks.as_ref())?;
+            let features = inception_features(network, set, device, what, &judges.chunks)?;
             Some(space_scores(&features, FEATURES, space)?)
         }
         (Some(_), None) => bail!("the reference statistics have no Inception part"),
@@ -423,7 +417,7 @@ impl EvalJob {
         let judges = Judges {
             inception,
             classifier: Some(DigitClassifier::load(self.classifier.as_deref(), device)?),
-            chunks: Some(FeatureChunks::new(default_chunks())),
+            chunks: FeatureChunks::new(default_chunks()),
         };
         let mut samples = self.samples()?;
         let split = |kind, dir: &Path, split| -> Result<ImageSet> {
@@ -481,9 +475,7 @@ impl EvalJob {
             crate::atomic::write_bytes_atomic(path, text.as_bytes())
                 .with_context(|| format!("writing {}", path.display()))?;
         }
-        if let Some(chunks) = &judges.chunks {
-            chunks.remove()?;
-        }
+        judges.chunks.remove()?;
         Ok(report)
     }
 

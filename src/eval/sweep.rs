@@ -101,7 +101,7 @@ impl BlockSizeSweep {
                 .map(|p| InceptionV3::load(p, device))
                 .transpose()?,
             classifier: Some(DigitClassifier::load(None, device)?),
-            chunks: Some(FeatureChunks::new(self.out.join("chunks"))),
+            chunks: FeatureChunks::new(self.out.join("chunks")),
         };
         let test = || -> Result<ImageSet> {
             let set = match &self.data {
@@ -136,9 +136,7 @@ impl BlockSizeSweep {
             points.push(point);
         }
         self.write_outputs(&points)?;
-        if let Some(chunks) = &judges.chunks {
-            chunks.remove()?;
-        }
+        judges.chunks.remove()?;
         Ok(points)
     }
 
