@@ -454,6 +454,10 @@ struct EvalVideoArgs {
     /// The PNG of MSE and SSIM (and the digit reading) over the horizon.
     #[arg(long, default_value = "horizon.png")]
     plot: PathBuf,
+    /// The side the digits were drawn at (`acdit data moving-mnist --digit-size`), for reading
+    /// them [default: min(28, frame size / 2)].
+    #[arg(long)]
+    digit_size: Option<usize>,
 }
 
 #[derive(Args)]
@@ -694,6 +698,7 @@ fn main() -> Result<()> {
                 truth_layout: args.layout,
                 context_frames: args.context_frames,
                 plot: Some(args.plot),
+                digit_size: args.digit_size,
             }
             .run()?;
             Ok(())

@@ -27,6 +27,9 @@ pub struct EvalVideoJob {
     pub context_frames: usize,
     /// The PNG of MSE and SSIM over the horizon, if wanted.
     pub plot: Option<PathBuf>,
+    /// The side the clips' digits were drawn at, for reading them; None: the generator's
+    /// default for the frame size.
+    pub digit_size: Option<usize>,
 }
 
 /// The scores at one predicted frame, averaged over the clips.
@@ -63,7 +66,7 @@ impl EvalVideoJob {
             print_table(&scores);
         }
         let reading = match &predicted.labels {
-            Some(labels) => Some(read_digits(&predicted, labels)?),
+            Some(labels) => Some(read_digits(&predicted, labels, self.digit_size)?),
             None => None,
         };
         if let Some(agreement) = &reading {
@@ -124,12 +127,15 @@ impl EvalVideoJob {
 const READER_DIGITS: usize = 10_000;
 
 /// (frames,): the fraction of clips whose frame reads as the clip's label.
-fn read_digits(clips: &Clips, labels: &[i64]) -> Result<Vec<f64>> {
+fn read_digits(clips: &Clips, labels: &[i64], digit_size: Option<usize>) -> Result<Vec<f64>> {
     let (digits, _) = mnist_or_built_in(Split::Train)?;
+    let at_size = MovingMnistSpec::srivastava().at_size(clips.height);
     let spec = MovingMnistSpec {
         digits: 1,
-        ..MovingMnistSpec::srivastava().at_size(clips.height)
+        digit_size: digit_size.unwrap_or(at_size.digit_size),
+        ..at_size
     };
+    spec.validate()?;
     let reader = DigitReader::new(&spec, &digits, READER_DIGITS, &Device::flex());
     Ok(reader.agreement_by_frame(clips, labels))
 }
@@ -227,7 +233,29 @@ fn copy_last(clips: &Clips, k: usize) -> Clips {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::idx::embedded_mnist;
     use crate::video::clips::write_clips;
+    use crate::video::moving_mnist::generate;
+
+    #[test]
+    fn digits_drawn_at_another_size_are_read_at_that_size() {
+        let spec = MovingMnistSpec {
+            frames: 2,
+            digits: 1,
+            digit_size: 24,
+            ..MovingMnistSpec::srivastava().at_size(32)
+        };
+        let clips = generate(&spec, &embedded_mnist(Split::Test), 60, 3).unwrap();
+        let labels = clips.labels.clone().unwrap();
+        let read = read_digits(&clips, &labels, Some(24)).unwrap();
+        assert!(read.iter().all(|&a| a > 0.75), "{read:?}");
+        let misread = read_digits(&clips, &labels, None).unwrap();
+        assert!(misread.iter().all(|&a| a < read[0] - 0.1), "{misread:?}");
+        let message = read_digits(&clips, &labels, Some(40))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("digit_size"), "{message}");
+    }
 
     #[test]
     fn the_truth_scores_perfectly_and_the_baseline_copies_the_last_context_frame() {
@@ -246,6 +274,7 @@ mod tests {
             truth_layout: ClipLayout::Nfhw,
             context_frames: 2,
             plot: Some(dir.path().join("horizon.png")),
+            digit_size: None,
         };
         let scores = job.run().unwrap();
         assert_eq!(scores.len(), 2);
@@ -277,6 +306,7 @@ mod tests {
             truth_layout: ClipLayout::Nfhw,
             context_frames: 2,
             plot: None,
+            digit_size: None,
         };
         let message = job.run().unwrap_err().to_string();
         assert!(
