@@ -107,14 +107,16 @@ def best(motion, path, clips=100):
     rng = np.random.default_rng(TEST_SEED)
     grid = np.linspace(-0.5, 0.5, 41)
     angles = np.linspace(0, 2 * np.pi, 720, endpoint=False)
+    dy, dx, a = np.meshgrid(grid, grid, angles, indexing="ij")
+    offsets = np.stack([dy, dx], -1).reshape(-1, 2)  # around the first pixel seen
+    a = a.reshape(-1)
+    directions = np.stack([np.sin(a), np.cos(a)], -1)
     out = []
     for _ in range(clips):
         pattern, pos, vel = start(rng, motion)
         seen = corners(pos, vel, 8)
-        dy, dx, a = np.meshgrid(grid, grid, angles, indexing="ij")
-        starts = np.stack([seen[0][0] + dy, seen[0][1] + dx], -1).reshape(-1, 2)
-        a = a.reshape(-1)
-        paths = corners(starts, np.stack([np.sin(a), np.cos(a)], -1), 8)
+        starts = seen[0] + offsets
+        paths = corners(starts, directions, 8)
         inside = ((starts >= 0) & (starts <= LIMIT)).all(axis=1)
         kept = inside & (paths[:4] == seen[:4, None]).all(axis=(0, 2))
         frames = render(pattern, seen[:4], motion).astype(np.float64)

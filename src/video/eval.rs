@@ -128,7 +128,6 @@ const READER_DIGITS: usize = 10_000;
 
 /// (frames,): the fraction of clips whose frame reads as the clip's label.
 fn read_digits(clips: &Clips, labels: &[i64], digit_size: Option<usize>) -> Result<Vec<f64>> {
-    let (digits, _) = mnist_or_built_in(Split::Train)?;
     let at_size = MovingMnistSpec::srivastava().at_size(clips.height);
     let spec = MovingMnistSpec {
         digits: 1,
@@ -136,6 +135,7 @@ fn read_digits(clips: &Clips, labels: &[i64], digit_size: Option<usize>) -> Resu
         ..at_size
     };
     spec.validate()?;
+    let (digits, _) = mnist_or_built_in(Split::Train)?;
     let reader = DigitReader::new(&spec, &digits, READER_DIGITS, &Device::flex());
     Ok(reader.agreement_by_frame(clips, labels))
 }
