@@ -130,6 +130,8 @@ def best(motion, path, clips=100):
 
 
 if __name__ == "__main__":
+    if len(sys.argv) < 3 or (sys.argv[1] == "score" and len(sys.argv) < 4):
+        sys.exit(__doc__)
     if sys.argv[1] == "score":
         score(sys.argv[2], sys.argv[3])
         sys.exit()
