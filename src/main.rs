@@ -305,6 +305,9 @@ struct MovingMnistArgs {
     /// Pixels a digit moves a frame [default: a tenth of its free range, 3.6 at 64x64].
     #[arg(long)]
     speed: Option<f64>,
+    /// Draw each digit's speed uniformly from [min-speed, speed] instead [default: speed].
+    #[arg(long)]
+    min_speed: Option<f64>,
     /// Side the 28x28 digits are resized to [default: min(28, size / 2)].
     #[arg(long)]
     digit_size: Option<usize>,
@@ -332,7 +335,8 @@ impl DeviceArg {
 /// Which model to run.
 #[derive(Args)]
 struct ModelArgs {
-    /// A built-in model, used when no --checkpoint is given [default for sample: mnist].
+    /// A built-in model, used when no --checkpoint is given [default: mnist; for predict:
+    /// moving-mnist].
     #[arg(long)]
     model: Option<String>,
     /// Weights: ours (.safetensors), a reference state dict, or the release's .pt.
@@ -348,14 +352,13 @@ struct ModelArgs {
 
 impl ModelArgs {
     /// The model; `built_in` names the built-in one used when neither --model nor --checkpoint
-    /// is given (None: one of them must be).
-    fn load(&self, built_in: Option<&str>, device: &Device) -> Result<SamplingModel> {
-        let source = match (&self.checkpoint, self.model.as_deref().or(built_in)) {
-            (Some(path), _) => WeightsSource::File(path),
-            (None, Some(name)) => WeightsSource::BuiltIn(built_in_model(name)?),
-            (None, None) => bail!(
-                "no video model is built in yet: pass --checkpoint (e.g. runs/moving-mnist/ema.safetensors from `acdit train --preset moving-mnist`)"
-            ),
+    /// is given.
+    fn load(&self, built_in: &str, device: &Device) -> Result<SamplingModel> {
+        let source = match &self.checkpoint {
+            Some(path) => WeightsSource::File(path),
+            None => {
+                WeightsSource::BuiltIn(built_in_model(self.model.as_deref().unwrap_or(built_in))?)
+            }
         };
         load_model(source, self.weights, self.config.as_deref(), device)
     }
@@ -777,6 +780,10 @@ fn moving_mnist(args: MovingMnistArgs) -> Result<()> {
     };
     if let Some(speed) = args.speed {
         spec.speed = speed;
+        spec.min_speed = speed;
+    }
+    if let Some(min_speed) = args.min_speed {
+        spec.min_speed = min_speed;
     }
     if let Some(side) = args.digit_size {
         spec.digit_size = side;
@@ -807,7 +814,7 @@ fn sample(args: SampleArgs) -> Result<()> {
     let device = with_precision(args.device.device()?, args.dtype)?;
     let model = args
         .model
-        .load(Some("mnist"), &device)?
+        .load("mnist", &device)?
         .with_vae(args.vae.as_deref(), &device)?;
     let job = SampleJob {
         classes: args.classes,
@@ -824,7 +831,7 @@ fn sample(args: SampleArgs) -> Result<()> {
 }
 
 fn predict(args: PredictArgs) -> Result<()> {
-    let model = args.model.load(None, &args.device.device()?)?;
+    let model = args.model.load("moving-mnist", &args.device.device()?)?;
     let job = PredictJob {
         context: args.context,
         layout: args.layout,
@@ -842,7 +849,7 @@ fn predict(args: PredictArgs) -> Result<()> {
 }
 
 fn features(args: FeaturesArgs) -> Result<()> {
-    let model = args.model.load(Some("mnist"), &args.device.device()?)?;
+    let model = args.model.load("mnist", &args.device.device()?)?;
     let name = args.model.name("mnist");
     FeaturesJob {
         data: args.data,
@@ -859,7 +866,7 @@ fn features(args: FeaturesArgs) -> Result<()> {
 fn finetune(args: FinetuneArgs) -> Result<()> {
     let base = args
         .model
-        .load(Some("mnist"), &args.device.device()?.autodiff())?;
+        .load("mnist", &args.device.device()?.autodiff())?;
     let mut config = FinetuneConfig::for_model(base.model.config());
     config.layer = args.layer.unwrap_or(config.layer);
     config.pool = args.pool;
@@ -964,7 +971,7 @@ fn eval(args: EvalArgs) -> Result<()> {
     let samples = match args.samples {
         Some(path) => Samples::File(path),
         None => {
-            let model = args.model.load(Some("mnist"), &device)?;
+            let model = args.model.load("mnist", &device)?;
             Samples::Generate {
                 generation: args.generation.generation(&model),
                 model: Box::new(model),

@@ -70,7 +70,7 @@ fn help_shows_what_each_preset_sets_and_the_guidance_alias() {
     let binary = Path::new(env!("CARGO_BIN_EXE_acdit"));
     let help = text(&acdit(temp.path(), binary, &["train", "--help"]));
     assert!(
-        help.contains("[presets: mnist 9000, fashion-mnist 5000, moving-mnist 1200]"),
+        help.contains("[presets: mnist 9000, fashion-mnist 5000, moving-mnist 4500]"),
         "{help}"
     );
     let output = acdit(
@@ -182,4 +182,82 @@ fn bf16_sampling_draws_what_f32_draws() {
     let mean = differences.iter().sum::<f64>() / differences.len() as f64;
     assert!(mean > 0.0, "bf16 drew exactly the f32 grid: was it bf16?");
     assert!(mean < 8.0, "mean pixel difference {mean}");
+}
+
+/// The built-in video model, from the binary alone where no data was fetched: `predict` uses it
+/// when no checkpoint is named and keeps the given frames, and `sample --model moving-mnist`
+/// writes its clips.
+#[test]
+fn the_binary_alone_predicts_and_samples_with_the_built_in_video_model() {
+    use acdit::video::clips::{ClipLayout, read_clips};
+    let temp = tempfile::tempdir().unwrap();
+    let binary = temp.path().join("acdit");
+    std::fs::copy(env!("CARGO_BIN_EXE_acdit"), &binary).unwrap();
+    let context = [
+        "data",
+        "moving-mnist",
+        "--clips",
+        "2",
+        "--frames",
+        "8",
+        "--size",
+        "32",
+        "--digits",
+        "1",
+        "--out",
+        "context.npz",
+    ];
+    let output = acdit(temp.path(), &binary, &context);
+    assert!(output.status.success(), "{}", text(&output));
+    let predict = [
+        "predict",
+        "--context",
+        "context.npz",
+        "--context-frames",
+        "4",
+        "--steps",
+        "2",
+        "--out-dir",
+        "predicted",
+    ];
+    let output = acdit(temp.path(), &binary, &predict);
+    assert!(output.status.success(), "{}", text(&output));
+    let truth = read_clips(&temp.path().join("context.npz"), ClipLayout::Nfhw).unwrap();
+    let predicted = read_clips(
+        &temp.path().join("predicted/predicted.npz"),
+        ClipLayout::Nfhw,
+    )
+    .unwrap();
+    assert_eq!((predicted.n, predicted.frames), (2, 8));
+    assert_eq!(predicted.labels, truth.labels);
+    let given = 4 * 32 * 32;
+    for i in 0..2 {
+        assert_eq!(
+            predicted.clip(i)[..given],
+            truth.clip(i)[..given],
+            "clip {i}"
+        );
+    }
+
+    let sample = [
+        "sample",
+        "--model",
+        "moving-mnist",
+        "--classes",
+        "5",
+        "--per-class",
+        "1",
+        "--steps",
+        "2",
+        "--out-dir",
+        "sampled",
+    ];
+    let output = acdit(temp.path(), &binary, &sample);
+    assert!(output.status.success(), "{}", text(&output));
+    let sampled = read_clips(&temp.path().join("sampled/clips.npz"), ClipLayout::Nfhw).unwrap();
+    assert_eq!(
+        (sampled.n, sampled.frames, sampled.height, sampled.width),
+        (1, 8, 32, 32)
+    );
+    assert_eq!(sampled.labels, Some(vec![5]));
 }

@@ -33,10 +33,16 @@ pub struct BuiltInModel {
 }
 
 /// The built-in models, by the name `--model` takes.
-pub const BUILT_IN_MODELS: &[BuiltInModel] = &[BuiltInModel {
-    name: "mnist",
-    safetensors: include_bytes!("../../weights/mnist/ema.safetensors"),
-}];
+pub const BUILT_IN_MODELS: &[BuiltInModel] = &[
+    BuiltInModel {
+        name: "mnist",
+        safetensors: include_bytes!("../../weights/mnist/ema.safetensors"),
+    },
+    BuiltInModel {
+        name: "moving-mnist",
+        safetensors: include_bytes!("../../weights/moving-mnist/ema.safetensors"),
+    },
+];
 
 /// The built-in model called `name`; the error lists them.
 pub fn built_in_model(name: &str) -> Result<&'static BuiltInModel> {
@@ -248,5 +254,17 @@ mod tests {
         let loaded =
             load_weights(WeightsSource::BuiltIn(built_in), WeightsKind::Ema, None).unwrap();
         assert_eq!((loaded.guidance, loaded.vae), (None, None));
+    }
+
+    #[test]
+    fn the_built_in_video_model_is_the_moving_mnist_preset() {
+        let built_in = built_in_model("moving-mnist").unwrap();
+        let loaded =
+            load_weights(WeightsSource::BuiltIn(built_in), WeightsKind::Ema, None).unwrap();
+        assert_eq!(
+            loaded.config,
+            crate::train::TrainConfig::moving_mnist().model
+        );
+        assert_eq!(loaded.class_names.map(|names| names.len()), Some(10));
     }
 }

@@ -304,7 +304,9 @@ impl TrainJob {
     }
 
     /// Video training data: the clips of `--data` (with labels, of the model's frame count and
-    /// size), else one-digit Moving MNIST generated on the fly from the training digits.
+    /// size), else one-digit Moving MNIST generated on the fly from the training digits, each
+    /// at a speed drawn from 0 up to the dataset's: still and slow clips teach the network to
+    /// carry the digit over, which clips at one speed alone did not (README, Video).
     fn load_clips(&self, config: &TrainConfig) -> Result<(Box<dyn TrainingSet>, String)> {
         let model = &config.model;
         let class_names = self.preset.dataset().class_names();
@@ -355,12 +357,19 @@ impl TrainJob {
         let spec = MovingMnistSpec {
             frames: model.temporal_len,
             digits: 1,
+            min_speed: 0.0,
             ..MovingMnistSpec::srivastava().at_size(model.img_hw)
         };
         spec.validate()?;
         let described = format!(
-            "one-digit Moving MNIST generated on the fly ({} frames of {}x{}, {}x{} digits from {} training digits)",
-            spec.frames, spec.size, spec.size, spec.digit_size, spec.digit_size, digits.n
+            "one-digit Moving MNIST generated on the fly ({} frames of {}x{}, {}x{} digits from {} training digits, 0 to {} pixels a frame)",
+            spec.frames,
+            spec.size,
+            spec.size,
+            spec.digit_size,
+            spec.digit_size,
+            digits.n,
+            spec.speed
         );
         let set = GeneratedClips {
             spec,

@@ -26,8 +26,11 @@ pub struct MovingMnistSpec {
     pub frames: usize,
     /// Digits per clip.
     pub digits: usize,
-    /// Pixels a digit moves per frame.
+    /// Pixels a digit moves per frame; the top of the range when `min_speed` is lower.
     pub speed: f64,
+    /// Each digit's speed is drawn uniformly from [min_speed, speed]. Equal to `speed` (the
+    /// original dataset), nothing is drawn, so the clips are those of a fixed speed.
+    pub min_speed: f64,
     /// Side the digits are resized to (area average); the source's own side means no resize.
     pub digit_size: usize,
 }
@@ -41,6 +44,7 @@ impl MovingMnistSpec {
             frames: 20,
             digits: 2,
             speed: 3.6,
+            min_speed: 3.6,
             digit_size: 28,
         }
     }
@@ -49,10 +53,12 @@ impl MovingMnistSpec {
     /// leaving them room to move) moving a tenth of their free range, size - digit_size, a frame.
     pub fn at_size(self, size: usize) -> Self {
         let digit_size = (size / 2).min(28);
+        let speed = 0.1 * size.saturating_sub(digit_size) as f64;
         MovingMnistSpec {
             size,
             digit_size,
-            speed: 0.1 * size.saturating_sub(digit_size) as f64,
+            speed,
+            min_speed: speed,
             ..self
         }
     }
@@ -82,6 +88,15 @@ impl MovingMnistSpec {
             return bad(
                 "speed",
                 format!("{} is not a finite number >= 0", self.speed),
+            );
+        }
+        if !(self.min_speed.is_finite() && (0.0..=self.speed).contains(&self.min_speed)) {
+            return bad(
+                "min_speed",
+                format!(
+                    "{} is not a finite number in [0, speed = {}]",
+                    self.min_speed, self.speed
+                ),
             );
         }
         Ok(())
@@ -140,7 +155,8 @@ fn corners(
 }
 
 /// Draws each digit's track from `rng`: per digit, its index into `available` pictures, then its
-/// start row and column (uniform over the free range), then its direction (uniform angle).
+/// start row and column (uniform over the free range), its direction (uniform angle), and, when
+/// the spec gives a range, its speed.
 fn tracks(spec: &MovingMnistSpec, available: usize, rng: &mut ChaCha8Rng) -> Vec<Track> {
     let lim = spec.free_range();
     (0..spec.digits)
@@ -151,13 +167,24 @@ fn tracks(spec: &MovingMnistSpec, available: usize, rng: &mut ChaCha8Rng) -> Vec
                 rng.random::<f64>() * lim as f64,
             );
             let angle = rng.random::<f64>() * TAU;
-            let velocity = (spec.speed * angle.sin(), spec.speed * angle.cos());
+            let speed = digit_speed(spec, rng);
+            let velocity = (speed * angle.sin(), speed * angle.cos());
             Track {
                 digit,
                 corners: corners(start, velocity, lim, spec.frames),
             }
         })
         .collect()
+}
+
+/// A digit's speed: uniform over [min_speed, speed], drawn from `rng` only when that range is
+/// not a single value.
+fn digit_speed(spec: &MovingMnistSpec, rng: &mut ChaCha8Rng) -> f64 {
+    if spec.min_speed < spec.speed {
+        spec.min_speed + rng.random::<f64>() * (spec.speed - spec.min_speed)
+    } else {
+        spec.speed
+    }
 }
 
 /// Weights (to, from) of an area-average resize of one axis: output pixel `o` covers
@@ -382,6 +409,7 @@ mod tests {
         for speed in [0.7, 1.6, 5.3, 40.0] {
             let spec = MovingMnistSpec {
                 speed,
+                min_speed: speed / 2.0,
                 digits: 3,
                 ..small()
             };
@@ -422,9 +450,33 @@ mod tests {
     }
 
     #[test]
+    fn a_speed_range_is_drawn_uniformly_and_a_single_speed_draws_nothing() {
+        let range = MovingMnistSpec {
+            speed: 1.6,
+            min_speed: 0.4,
+            ..small()
+        };
+        let mut rng = clip_stream(5, 0);
+        let speeds: Vec<f64> = (0..400).map(|_| digit_speed(&range, &mut rng)).collect();
+        assert!(speeds.iter().all(|s| (0.4..=1.6).contains(s)));
+        let below = |x: f64| speeds.iter().filter(|&&s| s < x).count();
+        // Uniform: a quarter of the range holds about a quarter of the draws.
+        assert!((70..130).contains(&below(0.7)), "{}", below(0.7));
+        assert!((170..230).contains(&below(1.0)), "{}", below(1.0));
+
+        // A fixed speed leaves the stream where it was, so such clips are those made before
+        // speed ranges existed.
+        let fixed = small();
+        let (mut drawn, mut untouched) = (clip_stream(5, 0), clip_stream(5, 0));
+        assert_eq!(digit_speed(&fixed, &mut drawn), 1.6);
+        assert_eq!(drawn.random::<u64>(), untouched.random::<u64>());
+    }
+
+    #[test]
     fn speed_zero_gives_identical_frames() {
         let spec = MovingMnistSpec {
             speed: 0.0,
+            min_speed: 0.0,
             ..small()
         };
         let (clip, _) = generate_clip(&spec, &embedded_mnist(Split::Test), 3, 0).unwrap();
@@ -440,6 +492,7 @@ mod tests {
             frames: 3,
             digits: 1,
             speed: 1.0,
+            min_speed: 1.0,
             digit_size: 2,
         };
         let clips = generate(&spec, &flat_digits(), 30, 0).unwrap();
@@ -492,6 +545,27 @@ mod tests {
                     ..base
                 },
                 "speed",
+            ),
+            (
+                MovingMnistSpec {
+                    min_speed: -0.5,
+                    ..base
+                },
+                "min_speed",
+            ),
+            (
+                MovingMnistSpec {
+                    min_speed: base.speed + 0.1,
+                    ..base
+                },
+                "min_speed",
+            ),
+            (
+                MovingMnistSpec {
+                    min_speed: f64::NAN,
+                    ..base
+                },
+                "min_speed",
             ),
         ];
         for (spec, field) in cases {

@@ -57,6 +57,7 @@ impl DigitReader {
             frames: 1,
             digits: 1,
             speed: 0.0,
+            min_speed: 0.0,
             ..*spec
         };
         let count = count.min(digits.n);
