@@ -779,8 +779,7 @@ fn moving_mnist(args: MovingMnistArgs) -> Result<()> {
         ..MovingMnistSpec::srivastava().at_size(args.size)
     };
     if let Some(speed) = args.speed {
-        spec.speed = speed;
-        spec.min_speed = speed;
+        spec = spec.at_speed(speed);
     }
     if let Some(min_speed) = args.min_speed {
         spec.min_speed = min_speed;

@@ -20,13 +20,18 @@ fn text(output: &Output) -> String {
     )
 }
 
-/// The binary copied on its own into a fresh folder, and run from there: the built-in model
-/// must come from inside the binary, not from the source tree it was built in.
+/// The binary copied on its own into `dir`, to be run from there: built-in models must come
+/// from inside the binary, not from the source tree it was built in.
+fn binary_alone(dir: &Path) -> std::path::PathBuf {
+    let binary = dir.join("acdit");
+    std::fs::copy(env!("CARGO_BIN_EXE_acdit"), &binary).unwrap();
+    binary
+}
+
 #[test]
 fn the_binary_alone_samples_the_built_in_model() {
     let temp = tempfile::tempdir().unwrap();
-    let binary = temp.path().join("acdit");
-    std::fs::copy(env!("CARGO_BIN_EXE_acdit"), &binary).unwrap();
+    let binary = binary_alone(temp.path());
     let args = [
         "sample",
         "--classes",
@@ -191,8 +196,7 @@ fn bf16_sampling_draws_what_f32_draws() {
 fn the_binary_alone_predicts_and_samples_with_the_built_in_video_model() {
     use acdit::video::clips::{ClipLayout, read_clips};
     let temp = tempfile::tempdir().unwrap();
-    let binary = temp.path().join("acdit");
-    std::fs::copy(env!("CARGO_BIN_EXE_acdit"), &binary).unwrap();
+    let binary = binary_alone(temp.path());
     let context = [
         "data",
         "moving-mnist",

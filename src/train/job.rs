@@ -362,13 +362,14 @@ impl TrainJob {
         };
         spec.validate()?;
         let described = format!(
-            "one-digit Moving MNIST generated on the fly ({} frames of {}x{}, {}x{} digits from {} training digits, 0 to {} pixels a frame)",
+            "one-digit Moving MNIST generated on the fly ({} frames of {}x{}, {}x{} digits from {} training digits, {} to {} pixels a frame)",
             spec.frames,
             spec.size,
             spec.size,
             spec.digit_size,
             spec.digit_size,
             digits.n,
+            spec.min_speed,
             spec.speed
         );
         let set = GeneratedClips {

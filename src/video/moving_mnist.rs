@@ -53,10 +53,17 @@ impl MovingMnistSpec {
     /// leaving them room to move) moving a tenth of their free range, size - digit_size, a frame.
     pub fn at_size(self, size: usize) -> Self {
         let digit_size = (size / 2).min(28);
-        let speed = 0.1 * size.saturating_sub(digit_size) as f64;
         MovingMnistSpec {
             size,
             digit_size,
+            ..self
+        }
+        .at_speed(0.1 * size.saturating_sub(digit_size) as f64)
+    }
+
+    /// The same clips at one speed for every digit (no range drawn).
+    pub fn at_speed(self, speed: f64) -> Self {
+        MovingMnistSpec {
             speed,
             min_speed: speed,
             ..self
@@ -474,11 +481,7 @@ mod tests {
 
     #[test]
     fn speed_zero_gives_identical_frames() {
-        let spec = MovingMnistSpec {
-            speed: 0.0,
-            min_speed: 0.0,
-            ..small()
-        };
+        let spec = small().at_speed(0.0);
         let (clip, _) = generate_clip(&spec, &embedded_mnist(Split::Test), 3, 0).unwrap();
         let frames: Vec<&[u8]> = clip.chunks_exact(spec.size * spec.size).collect();
         assert!(frames.iter().all(|f| *f == frames[0]));

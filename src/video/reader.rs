@@ -56,10 +56,9 @@ impl DigitReader {
         let still = MovingMnistSpec {
             frames: 1,
             digits: 1,
-            speed: 0.0,
-            min_speed: 0.0,
             ..*spec
-        };
+        }
+        .at_speed(0.0);
         let count = count.min(digits.n);
         let frames = generate(&still, &digits.subset(0..count), count, 0)
             .expect("a one-frame, one-digit spec of a valid spec");
