@@ -306,7 +306,7 @@ impl TrainJob {
     /// Video training data: the clips of `--data` (with labels, of the model's frame count and
     /// size), else one-digit Moving MNIST generated on the fly from the training digits, each
     /// at a speed drawn from 0 up to the dataset's: still and slow clips teach the network to
-    /// carry the digit over, which clips at one speed alone did not (README, Video).
+    /// carry the digit over, which clips at one speed alone did not (docs/video/trials.md).
     fn load_clips(&self, config: &TrainConfig) -> Result<(Box<dyn TrainingSet>, String)> {
         let model = &config.model;
         let class_names = self.preset.dataset().class_names();
