@@ -51,6 +51,10 @@ pub struct ModelConfig {
     pub rms_eps: f64,
     #[serde(default = "default_mlp_ratio")]
     pub mlp_ratio: f64,
+    /// Video: each token's embedding also reads the 8 tokens around it in its frame, so that a
+    /// motion by part of a patch is a change seen within one token (not in the reference).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub neighbour_embedding: bool,
 }
 
 fn default_class_dropout() -> f64 {
@@ -188,6 +192,7 @@ impl ModelConfig {
             class_dropout_prob: default_class_dropout(),
             rms_eps: default_rms_eps(),
             mlp_ratio: default_mlp_ratio(),
+            neighbour_embedding: false,
         }
     }
 
@@ -218,6 +223,7 @@ impl ModelConfig {
             class_dropout_prob: default_class_dropout(),
             rms_eps: default_rms_eps(),
             mlp_ratio: default_mlp_ratio(),
+            neighbour_embedding: false,
         }
     }
 
@@ -373,6 +379,12 @@ impl ModelConfig {
                 ),
             ));
         }
+        if self.neighbour_embedding && self.square_block {
+            return Err(invalid(
+                "neighbour_embedding",
+                "reads within whole frames, so not with square blocks",
+            ));
+        }
         if self.hidden_size != self.num_heads * self.head_dim {
             return Err(invalid(
                 "num_heads",
@@ -464,6 +476,10 @@ mod tests {
                 .to_string()
                 .contains("num_heads")
         );
+        let mut config = ModelConfig::bench_mnist();
+        config.neighbour_embedding = true;
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("neighbour_embedding"), "{message}");
     }
 
     #[test]

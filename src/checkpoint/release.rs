@@ -94,6 +94,7 @@ pub fn config_from_release(
         class_dropout_prob: 0.1,
         rms_eps: 1e-6,
         mlp_ratio: mlp_hidden as f64 / hidden as f64,
+        neighbour_embedding: false,
     };
     config
         .validate()

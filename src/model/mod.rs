@@ -61,6 +61,8 @@ impl ZeroBias for Linear {
 #[derive(Module, Debug)]
 pub struct Acdit {
     pub x_embedder: Linear,
+    /// The embedding of each token's 8 neighbours in its frame (`neighbour_embedding`).
+    pub x_neighbours: Option<Linear>,
     pub t_embedder: TimestepEmbedder,
     pub y_embedder: LabelEmbedder,
     pub blocks: Vec<DitBlock>,
@@ -91,8 +93,16 @@ impl Acdit {
             let [d_in, d_out] = layer.weight.lazy_shape().dims();
             layer.weight = normal.init_with([d_in, d_out], Some(d_in), Some(d_out), device);
         }
+        let x_neighbours = config.neighbour_embedding.then(|| {
+            // Zero at the start, so a model started from one without it computes the same.
+            LinearConfig::new(8 * config.latent_size, hidden)
+                .with_bias(false)
+                .with_initializer(Initializer::Zeros)
+                .init(device)
+        });
         Self {
             x_embedder,
+            x_neighbours,
             t_embedder,
             y_embedder: LabelEmbedder::new(config.num_classes, hidden, device),
             blocks: (0..config.depth)
@@ -119,6 +129,18 @@ impl Acdit {
 
     pub fn device(&self) -> Device {
         self.x_embedder.weight.val().device()
+    }
+
+    /// Token embeddings, x: (n, tokens, latent) of whole frames -> (n, tokens, hidden).
+    fn embed(&self, x: Tensor<3>) -> Tensor<3> {
+        match &self.x_neighbours {
+            None => self.x_embedder.forward(x),
+            Some(neighbours) => {
+                let side = self.config.img_hw / self.config.patch_size;
+                let around = frame_neighbours(x.clone(), side);
+                self.x_embedder.forward(x) + linear_tokens(neighbours, around)
+            }
+        }
     }
 
     /// Training forward over [clean | noisy] under the Skip-Causal Attention Mask.
@@ -180,9 +202,8 @@ impl Acdit {
         let clean_len = seq - block_len;
         TrainInputs {
             x: Streams {
-                clean: (clean_len > 0)
-                    .then(|| self.x_embedder.forward(clean.narrow(1, 0, clean_len))),
-                noisy: self.x_embedder.forward(noisy),
+                clean: (clean_len > 0).then(|| self.embed(clean.narrow(1, 0, clean_len))),
+                noisy: self.embed(noisy),
             },
             cond: self.conditions(t, labels, blocks),
             ropes: self.ropes((clean_len > 0).then_some(0..clean_len), 0..seq),
@@ -223,8 +244,8 @@ impl Acdit {
             noisy_positions,
         );
         let x = Streams {
-            clean: clean_prev.map(|prev| self.x_embedder.forward(prev)),
-            noisy: self.x_embedder.forward(noisy),
+            clean: clean_prev.map(|prev| self.embed(prev)),
+            noisy: self.embed(noisy),
         };
         self.run(x, cond, &ropes, keys, Some(cache))
     }
@@ -261,7 +282,7 @@ impl Acdit {
         let ropes = self.ropes(None, 0..self.config.seq_len());
         let mut x = Streams {
             clean: None,
-            noisy: self.x_embedder.forward(x),
+            noisy: self.embed(x),
         };
         for block in &self.blocks[..layers] {
             x = block.forward(x, cond.clone(), &ropes, &KeyPattern::All, None, false);
@@ -297,7 +318,7 @@ impl Acdit {
         let mask = clean_causal_mask(tokens / block_len, block_len);
         let bias = additive_bias(&mask, tokens, tokens, &device);
         let rope = self.rope_table(0..tokens);
-        let mut x = self.x_embedder.forward(clean);
+        let mut x = self.embed(clean);
         for (layer, block) in self.blocks[..layers].iter().enumerate() {
             let cache_use = cache.as_deref_mut().map(|cache| CacheUse { cache, layer });
             x = block.forward_clean(x, &rope, &bias, cache_use);
@@ -322,8 +343,8 @@ impl Acdit {
         let cond = self.conditions(t, labels, 1);
         let clean = block * block_len;
         let x = Streams {
-            clean: clean_prefix.map(|prefix| self.x_embedder.forward(prefix)),
-            noisy: self.x_embedder.forward(noisy),
+            clean: clean_prefix.map(|prefix| self.embed(prefix)),
+            noisy: self.embed(noisy),
         };
         let ropes = self.ropes((clean > 0).then_some(0..clean), clean..clean + block_len);
         let tokens = clean + block_len;
@@ -385,6 +406,27 @@ impl Acdit {
         }
         self.final_layer.forward(x.noisy, cond)
     }
+}
+
+/// x: (n, tokens, latent), whole frames of `side x side` tokens in raster order -> for each token
+/// the values of the 8 tokens around it (zeros past the frame's edge), (n, tokens, 8 * latent).
+fn frame_neighbours(x: Tensor<3>, side: usize) -> Tensor<3> {
+    let [n, tokens, latent] = x.dims();
+    let frames = n * tokens / (side * side);
+    let grid = x.reshape([frames, side, side, latent]);
+    let rows = grid.clone().zeros_like().narrow(1, 0, 1);
+    let grid = Tensor::cat(vec![rows.clone(), grid, rows], 1);
+    let cols = grid.clone().zeros_like().narrow(2, 0, 1);
+    let grid = Tensor::cat(vec![cols.clone(), grid, cols], 2);
+    let mut around = Vec::with_capacity(8);
+    for dy in 0..3 {
+        for dx in 0..3 {
+            if (dy, dx) != (1, 1) {
+                around.push(grid.clone().narrow(1, dy, side).narrow(2, dx, side));
+            }
+        }
+    }
+    Tensor::cat(around, 3).reshape([n, tokens, 8 * latent])
 }
 
 /// What the training forward feeds its blocks.
@@ -495,16 +537,26 @@ pub(crate) mod tests {
     #[test]
     fn every_parameter_gets_a_gradient() {
         let device = Device::flex().autodiff();
-        let config = tiny_config(2);
-        let model = random_model(&config, &device, 1);
-        let TrainingInputs {
-            clean,
-            noisy,
-            target,
-            t,
-        } = TrainingInputs::random(&config, 2, &device);
-        let eps = model.forward_train(clean, noisy, &t, &[3, 10]);
-        let grads = (eps - target).square().mean().backward();
+        for config in [tiny_config(2), tiny_neighbour_video_config()] {
+            let model = random_model(&config, &device, 1);
+            let TrainingInputs {
+                clean,
+                noisy,
+                target,
+                t,
+            } = TrainingInputs::random(&config, 2, &device);
+            let null = config.num_classes as i64;
+            let eps = model.forward_train(clean, noisy, &t, &[3, null]);
+            let grads = (eps - target).square().mean().backward();
+            let mut check = Check(&grads, Vec::new(), 0);
+            model.visit(&mut check);
+            assert_eq!(check.2, model.to_tensors().len());
+            assert!(
+                check.1.is_empty(),
+                "parameters without gradient: {:?}",
+                check.1
+            );
+        }
 
         struct Check<'a>(&'a burn::tensor::Gradients, Vec<String>, usize);
         impl ModuleVisitor for Check<'_> {
@@ -519,14 +571,6 @@ pub(crate) mod tests {
                 }
             }
         }
-        let mut check = Check(&grads, Vec::new(), 0);
-        model.visit(&mut check);
-        assert_eq!(check.2, model.to_tensors().len());
-        assert!(
-            check.1.is_empty(),
-            "parameters without gradient: {:?}",
-            check.1
-        );
     }
 
     #[test]
@@ -639,7 +683,11 @@ pub(crate) mod tests {
     #[test]
     fn sampling_calls_predict_what_the_training_forward_predicts() {
         let device = Device::flex();
-        for config in [tiny_video_config(), tiny_config(2)] {
+        for config in [
+            tiny_video_config(),
+            tiny_neighbour_video_config(),
+            tiny_config(2),
+        ] {
             let model = random_model(&config, &device, 21);
             let TrainingInputs {
                 clean, noisy, t, ..
@@ -678,6 +726,11 @@ pub(crate) mod tests {
             ("image, block side 1", tiny_config(1), 1.0),
             ("image, block side 4", tiny_config(4), 1.5),
             ("video, a frame a block", tiny_video_config(), 1.5),
+            (
+                "video, neighbour embedding",
+                tiny_neighbour_video_config(),
+                1.5,
+            ),
         ];
         for (name, config, cfg) in configs {
             let (cached, recomputed) = sample_both_ways(&config, cfg);
@@ -701,10 +754,99 @@ pub(crate) mod tests {
         })
     }
 
+    /// The tiny video model with each token's embedding reading its 8 neighbours.
+    pub(crate) fn tiny_neighbour_video_config() -> ModelConfig {
+        ModelConfig {
+            neighbour_embedding: true,
+            ..tiny_video_config()
+        }
+    }
+
+    /// The neighbour gather against an obvious loop over frames, rows, columns and offsets.
+    #[test]
+    fn frame_neighbours_reads_the_eight_tokens_around_each_in_its_frame() {
+        let device = Device::flex();
+        let (n, frames, side, latent) = (2, 3, 4, 5);
+        let tokens = frames * side * side;
+        let mut rng = ChaCha8Rng::seed_from_u64(31);
+        let x = random_tensor([n, tokens, latent], &mut rng, &device);
+        let values = x.to_data().try_to_vec::<f32>().unwrap();
+        let got = frame_neighbours(x, side)
+            .to_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let mut want = Vec::with_capacity(got.len());
+        for item in 0..n {
+            for frame in 0..frames {
+                for row in 0..side as isize {
+                    for col in 0..side as isize {
+                        for (dy, dx) in (-1..=1)
+                            .flat_map(|dy| (-1..=1).map(move |dx| (dy, dx)))
+                            .filter(|&d| d != (0, 0))
+                        {
+                            let (r, c) = (row + dy, col + dx);
+                            let inside =
+                                (0..side as isize).contains(&r) && (0..side as isize).contains(&c);
+                            for v in 0..latent {
+                                want.push(if inside {
+                                    let token =
+                                        frame * side * side + r as usize * side + c as usize;
+                                    values[(item * tokens + token) * latent + v]
+                                } else {
+                                    0.0
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(got, want);
+    }
+
+    /// Zero neighbour weights (a fresh layer) leave the model it started from unchanged, and
+    /// trained ones change what it predicts.
+    #[test]
+    fn neighbour_embedding_starts_as_the_plain_embedding() {
+        let device = Device::flex();
+        let plain_config = tiny_video_config();
+        let plain = random_model(&plain_config, &device, 41);
+        let config = tiny_neighbour_video_config();
+        let mut tensors = plain.to_tensors();
+        let fresh = Acdit::new(&config, &device).to_tensors();
+        tensors.insert(
+            "x_neighbours.weight".into(),
+            fresh["x_neighbours.weight"].clone(),
+        );
+        let started = Acdit::new(&config, &device).load_tensors(&tensors).unwrap();
+        let inputs = TrainingInputs::random(&config, 42, &device);
+        let labels = [1, 3];
+        let run = |model: &Acdit| {
+            model.forward_train(
+                inputs.clean.clone(),
+                inputs.noisy.clone(),
+                &inputs.t,
+                &labels,
+            )
+        };
+        assert_eq!(max_abs_diff(run(&plain), run(&started)), 0.0);
+        let mut rng = ChaCha8Rng::seed_from_u64(43);
+        let neighbours = tensors.get_mut("x_neighbours.weight").unwrap();
+        for v in neighbours.data.iter_mut() {
+            *v = rng.random_range(-0.1..0.1);
+        }
+        let trained = Acdit::new(&config, &device).load_tensors(&tensors).unwrap();
+        assert!(max_abs_diff(run(&plain), run(&trained)) > 1e-3);
+    }
+
     #[test]
     fn a_prefilled_context_gives_the_next_block_that_forcing_it_gives() {
         let device = Device::flex();
-        for config in [tiny_video_config(), tiny_config(2)] {
+        for config in [
+            tiny_video_config(),
+            tiny_neighbour_video_config(),
+            tiny_config(2),
+        ] {
             let model = random_model(&config, &device, 11);
             let mut rng = ChaCha8Rng::seed_from_u64(12);
             let (k, block_len, latent) = (2, config.block_size, config.latent_size);
@@ -790,7 +932,7 @@ pub(crate) mod tests {
     fn a_rolling_window_equals_the_full_cache_while_the_clip_fits() {
         use crate::diffusion::blockwise::{Window, generate_after, rollout};
         let device = Device::flex();
-        let config = tiny_video_config();
+        let config = tiny_neighbour_video_config();
         let model = random_model(&config, &device, 21);
         let schedule = NoiseSchedule::ddpm();
         let (block_len, latent) = (config.block_size, config.latent_size);
