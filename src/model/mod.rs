@@ -409,7 +409,8 @@ impl Acdit {
 }
 
 /// x: (n, tokens, latent), whole frames of `side x side` tokens in raster order -> for each token
-/// the values of the 8 tokens around it (zeros past the frame's edge), (n, tokens, 8 * latent).
+/// the values of the 8 tokens around it (zeros past the frame's edge), (n, tokens, 8 * latent),
+/// the offsets in raster order from (-1, -1) to (1, 1): the layout `x_neighbours` is stored in.
 fn frame_neighbours(x: Tensor<3>, side: usize) -> Tensor<3> {
     let [n, tokens, latent] = x.dims();
     let frames = n * tokens / (side * side);
