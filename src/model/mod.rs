@@ -813,13 +813,9 @@ pub(crate) mod tests {
         let plain_config = tiny_video_config();
         let plain = random_model(&plain_config, &device, 41);
         let config = tiny_neighbour_video_config();
-        let mut tensors = plain.to_tensors();
-        let fresh = Acdit::new(&config, &device).to_tensors();
-        tensors.insert(
-            "x_neighbours.weight".into(),
-            fresh["x_neighbours.weight"].clone(),
-        );
-        let started = Acdit::new(&config, &device).load_tensors(&tensors).unwrap();
+        let started = Acdit::new(&config, &device)
+            .load_start(&plain.to_tensors())
+            .unwrap();
         let inputs = TrainingInputs::random(&config, 42, &device);
         let labels = [1, 3];
         let run = |model: &Acdit| {
@@ -831,6 +827,7 @@ pub(crate) mod tests {
             )
         };
         assert_eq!(max_abs_diff(run(&plain), run(&started)), 0.0);
+        let mut tensors = started.to_tensors();
         let mut rng = ChaCha8Rng::seed_from_u64(43);
         let neighbours = tensors.get_mut("x_neighbours.weight").unwrap();
         for v in neighbours.data.iter_mut() {

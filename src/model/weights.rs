@@ -59,7 +59,28 @@ impl Acdit {
     pub fn to_tensors(&self) -> NamedTensors {
         export_module(self, &REFERENCE_NAMING)
     }
+
+    /// Loads the weights of a model to start from, which may lack the neighbour embedding:
+    /// it then starts at zero, so this model computes what the start computed.
+    pub fn load_start(self, tensors: &NamedTensors) -> Result<Self, CheckpointError> {
+        let config = self.config();
+        if !config.neighbour_embedding || tensors.contains_key(NEIGHBOURS) {
+            return self.load_tensors(tensors);
+        }
+        // The reference's (out, in) layout of a linear weight.
+        let shape = vec![config.hidden_size, 8 * config.latent_size];
+        let zero = HostTensor {
+            data: vec![0.0; shape.iter().product()],
+            shape,
+        };
+        let mut tensors = tensors.clone();
+        tensors.insert(NEIGHBOURS.into(), zero);
+        self.load_tensors(&tensors)
+    }
 }
+
+/// The checkpoint name of the neighbour embedding's weight.
+const NEIGHBOURS: &str = "x_neighbours.weight";
 
 /// `model` with every parameter cast to `dtype` as an operation of the autodiff graph: the
 /// gradients of a loss computed with the result reach the original parameters, in their type.

@@ -78,9 +78,9 @@ impl TrainConfig {
     /// and spend its time on motion rather than on drawing digits: batch 8, 4,500 steps at 2e-3,
     /// 50 to 60 minutes on a 2-core CPU. The embedding also reads each token's 8 neighbours
     /// (`neighbour_embedding`, starting at zero): a digit moves by part of a patch a frame, and
-    /// with its neighbours in view a token sees that move within itself. At 5e-4, copying a digit that stands still, a model made
-    /// five times the error. Patches of 8 make steps five times cheaper, but a model trained so
-    /// ignored the frames before the block altogether.
+    /// with its neighbours in view a token sees that move within itself. At 5e-4, copying a digit
+    /// that stands still, a model made five times the error. Patches of 8 make steps five times
+    /// cheaper, but a model trained so ignored the frames before the block altogether.
     pub fn moving_mnist() -> Self {
         Self {
             model: ModelConfig {
@@ -288,23 +288,15 @@ impl Trainer {
 
     /// Replaces a fresh run's weights, and its EMA, with `tensors`: a trained model to fine-tune
     /// from. Every tensor must fit this run's model by name and shape; the rest of the config
-    /// (patch grid, blocks, frames, RoPE) may differ, as it has no weights. A start without
-    /// neighbour embedding gets it at zero, so the model computes what the start computed.
+    /// (patch grid, blocks, frames, RoPE) may differ, as it has no weights, and a start without
+    /// the neighbour embedding gets it at zero ([`Acdit::load_start`]).
     pub fn start_from(
         &mut self,
         tensors: &NamedTensors,
     ) -> Result<(), crate::checkpoint::tensors::CheckpointError> {
         assert_eq!(self.step, 0, "only a fresh run starts from other weights");
         let device = self.model.device();
-        let mut tensors = tensors.clone();
-        if self.config.model.neighbour_embedding {
-            // A start without neighbour weights keeps its embedding: they begin at zero.
-            let fresh = Acdit::new(&self.config.model, &device).to_tensors();
-            tensors
-                .entry("x_neighbours.weight".into())
-                .or_insert_with(|| fresh["x_neighbours.weight"].clone());
-        }
-        self.model = Acdit::new(&self.config.model, &device).load_tensors(&tensors)?;
+        self.model = Acdit::new(&self.config.model, &device).load_start(tensors)?;
         self.ema = Ema::new(&self.model, self.config.ema_decay);
         Ok(())
     }
