@@ -55,6 +55,12 @@ pub struct ModelConfig {
     /// motion by part of a patch is a change seen within one token (not in the reference).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub neighbour_embedding: bool,
+    /// Video: every MLP adds to its inner activations a depthwise 3x3 convolution of them over
+    /// each frame's token grid (SegFormer's Mix-FFN), so a motion by part of a patch can be
+    /// followed by blending neighbours, which attention alone learns slowly (not in the
+    /// reference).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mlp_frame_conv: bool,
 }
 
 fn default_class_dropout() -> f64 {
@@ -193,6 +199,7 @@ impl ModelConfig {
             rms_eps: default_rms_eps(),
             mlp_ratio: default_mlp_ratio(),
             neighbour_embedding: false,
+            mlp_frame_conv: false,
         }
     }
 
@@ -224,6 +231,7 @@ impl ModelConfig {
             rms_eps: default_rms_eps(),
             mlp_ratio: default_mlp_ratio(),
             neighbour_embedding: false,
+            mlp_frame_conv: false,
         }
     }
 
@@ -290,6 +298,11 @@ impl ModelConfig {
     /// Tokens in the whole sequence (one copy, clean or noisy).
     pub fn seq_len(&self) -> usize {
         self.ar_len * self.block_size
+    }
+
+    /// Tokens along a side of a frame (of an image, for image models).
+    pub fn frame_side(&self) -> usize {
+        self.img_hw / self.patch_size
     }
 
     /// Width of the MLP's hidden layer.
@@ -383,6 +396,12 @@ impl ModelConfig {
             return Err(invalid(
                 "neighbour_embedding",
                 "reads within whole frames, so not with square blocks",
+            ));
+        }
+        if self.mlp_frame_conv && self.square_block {
+            return Err(invalid(
+                "mlp_frame_conv",
+                "convolves whole frames, so not with square blocks",
             ));
         }
         if self.hidden_size != self.num_heads * self.head_dim {
@@ -480,6 +499,10 @@ mod tests {
         config.neighbour_embedding = true;
         let message = config.validate().unwrap_err().to_string();
         assert!(message.contains("neighbour_embedding"), "{message}");
+        let mut config = ModelConfig::bench_mnist();
+        config.mlp_frame_conv = true;
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("mlp_frame_conv"), "{message}");
     }
 
     #[test]

@@ -95,6 +95,7 @@ pub fn config_from_release(
         rms_eps: 1e-6,
         mlp_ratio: mlp_hidden as f64 / hidden as f64,
         neighbour_embedding: false,
+        mlp_frame_conv: false,
     };
     config
         .validate()

@@ -439,6 +439,113 @@ pub fn gated_residual_backward(
     (d_h, d_gate)
 }
 
+/// The 8 (row, column) offsets around a token, in raster order: the layout of a frame
+/// convolution's weights (8 rows of one weight a channel).
+const AROUND: [(isize, isize); 8] = [
+    (-1, -1),
+    (-1, 0),
+    (-1, 1),
+    (0, -1),
+    (0, 1),
+    (1, -1),
+    (1, 0),
+    (1, 1),
+];
+
+/// The values of the token `side` rows and columns at (row + dr, column + dc) in a frame of
+/// `channels` values a token, or None past the frame's edge.
+#[inline(always)]
+fn token_at(frame: &[f32], side: usize, channels: usize, row: isize, col: isize) -> Option<&[f32]> {
+    let inside = |i: isize| (0..side as isize).contains(&i);
+    (inside(row) && inside(col))
+        .then(|| &frame[(row as usize * side + col as usize) * channels..][..channels])
+}
+
+/// One frame: out = x + the sum over the 8 offsets k of weight_k x (the token at offset
+/// direction * k). Direction +1 is the convolution; -1 its adjoint (the gradient of x).
+#[multiversion(targets("x86_64+avx+avx2+fma+avx512f", "x86_64+avx+avx2+fma"))]
+fn frame_conv_frame(x: &[f32], weight: &[f32], out: &mut [f32], side: usize, direction: isize) {
+    let channels = weight.len() / AROUND.len();
+    out.copy_from_slice(x);
+    for (token, out) in out.chunks_exact_mut(channels).enumerate() {
+        let (row, col) = ((token / side) as isize, (token % side) as isize);
+        for (&(dr, dc), weight) in AROUND.iter().zip(weight.chunks_exact(channels)) {
+            let at = (row + direction * dr, col + direction * dc);
+            if let Some(source) = token_at(x, side, channels, at.0, at.1) {
+                for ((out, &s), &w) in out.iter_mut().zip(source).zip(weight) {
+                    *out += w * s;
+                }
+            }
+        }
+    }
+}
+
+/// One frame's share of the weight gradient: d_weight_k += grad * x (the token at offset k).
+#[multiversion(targets("x86_64+avx+avx2+fma+avx512f", "x86_64+avx+avx2+fma"))]
+fn frame_conv_weight_grad_frame(x: &[f32], grad: &[f32], d_weight: &mut [f32], side: usize) {
+    let channels = d_weight.len() / AROUND.len();
+    for (token, grad) in grad.chunks_exact(channels).enumerate() {
+        let (row, col) = ((token / side) as isize, (token % side) as isize);
+        for (&(dr, dc), d_weight) in AROUND.iter().zip(d_weight.chunks_exact_mut(channels)) {
+            if let Some(source) = token_at(x, side, channels, row + dr, col + dc) {
+                for ((d, &s), &g) in d_weight.iter_mut().zip(source).zip(grad) {
+                    *d += g * s;
+                }
+            }
+        }
+    }
+}
+
+/// The values of whole frames of `side` x `side` tokens, each `weight.len() / 8` channels.
+fn frame_len(x: &[f32], weight: &[f32], side: usize) -> usize {
+    let frame_len = side * side * weight.len() / AROUND.len();
+    assert!(
+        weight.len().is_multiple_of(AROUND.len()) && x.len().is_multiple_of(frame_len),
+        "{} values are not whole frames of {side} x {side} tokens of {} channels",
+        x.len(),
+        weight.len() / AROUND.len()
+    );
+    frame_len
+}
+
+/// A depthwise 3x3 convolution over each frame's token grid, added to its input (zeros past the
+/// edge); weight: 8 rows (offsets in raster order, the centre left out) of one value a channel.
+pub fn frame_conv(x: &[f32], weight: &[f32], side: usize) -> Vec<f32> {
+    let frame_len = frame_len(x, weight, side);
+    let mut out = vec![0.0; x.len()];
+    out.par_chunks_mut(frame_len)
+        .zip(x.par_chunks(frame_len))
+        .for_each(|(out, x)| frame_conv_frame(x, weight, out, side, 1));
+    out
+}
+
+/// The gradients of x and of weight from the output's, `grad`.
+pub fn frame_conv_backward(
+    x: &[f32],
+    weight: &[f32],
+    grad: &[f32],
+    side: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let frame_len = frame_len(x, weight, side);
+    let mut d_x = vec![0.0; x.len()];
+    d_x.par_chunks_mut(frame_len)
+        .zip(grad.par_chunks(frame_len))
+        .for_each(|(d_x, grad)| frame_conv_frame(grad, weight, d_x, side, -1));
+    // One partial sum a frame, added in frame order, so the sum does not depend on the split.
+    let mut partials = vec![0.0; x.len() / frame_len * weight.len()];
+    partials
+        .par_chunks_mut(weight.len())
+        .zip(x.par_chunks(frame_len).zip(grad.par_chunks(frame_len)))
+        .for_each(|(d_weight, (x, grad))| frame_conv_weight_grad_frame(x, grad, d_weight, side));
+    let mut d_weight = vec![0.0; weight.len()];
+    for partial in partials.chunks_exact(weight.len()) {
+        for (d, &p) in d_weight.iter_mut().zip(partial) {
+            *d += p;
+        }
+    }
+    (d_x, d_weight)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,6 @@
-//! Fused ops for the CPU backend: tanh-GELU, softmax, RMSNorm, RoPE and adaLN's modulation and
-//! gated residual, each one pass forward and one pass backward.
+//! Fused ops for the CPU backend: tanh-GELU, softmax, RMSNorm, RoPE, adaLN's modulation and
+//! gated residual, and the video MLP's frame convolution, each one pass forward and one pass
+//! backward.
 //!
 //! Composed from burn's primitives, each of these is a chain of element-wise ops (RMSNorm is
 //! seven, and autodiff records a backward step for each), and burn-flex runs them one by one on
@@ -85,9 +86,25 @@ pub fn gated_residual(residual: Tensor<3>, h: Tensor<3>, gate: Tensor<3>) -> Ten
     composed::gated_residual(residual, h, gate)
 }
 
+/// A depthwise 3x3 convolution over each frame's token grid, added to its input: x + the sum
+/// over the 8 tokens around each of weight_k times that token (zeros past the frame's edge).
+/// x: (n, tokens, channels), whole frames of `side` x `side` tokens in raster order; weight:
+/// (8, channels), the offsets in raster order from (-1, -1) to (1, 1), the centre left out.
+pub fn frame_conv(x: Tensor<3>, weight: Tensor<2>, side: usize) -> Tensor<3> {
+    if runs_fused(&x) {
+        return Tensor::from_dispatch(<Dispatch as FusedOps>::frame_conv(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            side,
+        ));
+    }
+    composed::frame_conv(x, weight, side)
+}
+
 /// The same functions composed from burn's primitives: the path on other devices, and the
 /// obvious reference the kernels are tested against.
 mod composed {
+    use crate::model::frame_neighbours;
     use burn::prelude::*;
     use burn::tensor::activation::sigmoid;
 
@@ -124,6 +141,14 @@ mod composed {
 
     pub fn gated_residual(residual: Tensor<3>, h: Tensor<3>, gate: Tensor<3>) -> Tensor<3> {
         residual + per_group(h, gate, |h, gate| h * gate)
+    }
+
+    /// The 8 shifted copies of the grid ([`frame_neighbours`]), weighted and summed.
+    pub fn frame_conv(x: Tensor<3>, weight: Tensor<2>, side: usize) -> Tensor<3> {
+        let [n, tokens, channels] = x.dims();
+        let around = frame_neighbours(x.clone(), side).reshape([n, tokens, 8, channels]);
+        let weighted = around * weight.reshape([1, 1, 8, channels]);
+        x + weighted.sum_dim(2).reshape([n, tokens, channels])
     }
 
     pub fn rope(x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
@@ -169,6 +194,11 @@ pub trait FusedOps: burn::backend::Backend {
         residual: FloatTensor<Self>,
         h: FloatTensor<Self>,
         gate: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+    fn frame_conv(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        side: usize,
     ) -> FloatTensor<Self>;
 }
 
@@ -272,6 +302,11 @@ impl FusedOps for Flex {
         let mut y = writable(residual);
         kernels::gated_residual(values_mut(&mut y), &values(&h), &values(&gate), d);
         y
+    }
+
+    fn frame_conv(x: FlexTensor, weight: FlexTensor, side: usize) -> FlexTensor {
+        let y = kernels::frame_conv(&values(&x), &values(&weight), side);
+        flex_tensor(y, x.layout().shape().clone())
     }
 }
 
@@ -413,6 +448,29 @@ impl Backward<Flex, 3> for GatedResidualBackward {
     }
 }
 
+/// The frame convolution's input, weight and frame side, kept for the gradients of both.
+#[derive(Debug)]
+struct FrameConvBackward;
+
+impl Backward<Flex, 2> for FrameConvBackward {
+    type State = (FlexTensor, FlexTensor, usize);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (x, weight, side) = ops.state;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let (d_x, d_weight) =
+            kernels::frame_conv_backward(&values(&x), &values(&weight), &values(&dy), side);
+        let [x_parent, weight_parent] = ops.parents;
+        if let Some(parent) = x_parent {
+            grads.register::<Flex>(parent.id, flex_tensor(d_x, x.layout().shape().clone()));
+        }
+        if let Some(parent) = weight_parent {
+            let shape = weight.layout().shape().clone();
+            grads.register::<Flex>(parent.id, flex_tensor(d_weight, shape));
+        }
+    }
+}
+
 /// The backward step of a one-input op: `kernel` turns the output's gradient into the input's,
 /// given the state the op kept, in place when the buffer is free; the input then receives it.
 fn one_input_backward<S>(
@@ -542,6 +600,26 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
                 prep.finish((h, gate), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(Flex::gated_residual(residual, h, gate)),
+        }
+    }
+
+    fn frame_conv(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        side: usize,
+    ) -> FloatTensor<Self> {
+        let nodes = [x.node(), weight.node()];
+        let (x, weight) = (x.into_primitive(), weight.into_primitive());
+        match FrameConvBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = Flex::frame_conv(x.clone(), weight.clone(), side);
+                prep.finish((x, weight, side), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::frame_conv(x, weight, side)),
         }
     }
 }
@@ -711,6 +789,22 @@ mod tests {
                     sin.clone().to_device(&x.device()),
                 )
             },
+        );
+    }
+
+    #[test]
+    fn fused_frame_conv_matches_its_composition() {
+        let device = Device::flex();
+        // Two items of three frames of 4 x 4 tokens, 5 channels; weight (1, 8, 5), one shape
+        // for both inputs.
+        let side = 4;
+        let x = random([2, 3 * side * side, 5], &device);
+        let weight = random([1, 8, 5], &device);
+        let as_weight = |w: &Tensor<3>| w.clone().reshape([8, 5]);
+        assert_same_function(
+            [x, weight],
+            |[x, w]| frame_conv(x.clone(), as_weight(w), side),
+            |[x, w]| composed::frame_conv(x.clone(), as_weight(w), side),
         );
     }
 }

@@ -1,6 +1,7 @@
 //! The DiT block with adaLN-Zero, and the final layer. Clean tokens get no modulation: they
 //! run as their own stream beside the noisy ones (see [`Streams`]).
 
+use burn::module::Param;
 use burn::nn::Linear;
 use burn::prelude::*;
 
@@ -8,25 +9,39 @@ use super::attention::{Attention, CacheUse, KeyPattern, StreamRopes, Streams};
 use super::norm::RmsNorm;
 use super::rope::RopeTable;
 use super::{linear, linear_tokens};
-use crate::fused::{gated_residual, gelu_tanh, modulate};
+use crate::fused::{frame_conv, gated_residual, gelu_tanh, modulate};
 
 /// Tanh-GELU MLP, hidden -> ratio * hidden -> hidden.
 #[derive(Module, Debug)]
 pub struct Mlp {
     pub fc1: Linear,
     pub fc2: Linear,
+    /// `mlp_frame_conv`: the weights (8 offsets, inner) of a depthwise 3x3 convolution over each
+    /// frame's token grid, added to fc1's output; zero at the start.
+    pub frame_conv: Option<Param<Tensor<2>>>,
+    /// The side of a frame's token grid, which the convolution runs over.
+    #[module(skip)]
+    frame_side: usize,
 }
 
 impl Mlp {
-    pub fn new(hidden: usize, inner: usize, device: &Device) -> Self {
+    /// `frame_side`: Some(tokens a frame's side) for the frame convolution.
+    pub fn new(hidden: usize, inner: usize, frame_side: Option<usize>, device: &Device) -> Self {
         Self {
             fc1: linear(hidden, inner, true, device),
             fc2: linear(inner, hidden, true, device),
+            frame_conv: frame_side.map(|_| Param::from_tensor(Tensor::zeros([8, inner], device))),
+            frame_side: frame_side.unwrap_or(0),
         }
     }
 
+    /// x: (n, tokens, hidden), whole frames when the MLP has the frame convolution.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        linear_tokens(&self.fc2, gelu_tanh(linear_tokens(&self.fc1, x)))
+        let mut h = linear_tokens(&self.fc1, x);
+        if let Some(weight) = &self.frame_conv {
+            h = frame_conv(h, weight.val(), self.frame_side);
+        }
+        linear_tokens(&self.fc2, gelu_tanh(h))
     }
 }
 
@@ -40,12 +55,20 @@ pub struct DitBlock {
 }
 
 impl DitBlock {
-    pub fn new(hidden: usize, heads: usize, mlp_hidden: usize, eps: f64, device: &Device) -> Self {
+    /// `frame_side`: see [`Mlp::new`].
+    pub fn new(
+        hidden: usize,
+        heads: usize,
+        mlp_hidden: usize,
+        eps: f64,
+        frame_side: Option<usize>,
+        device: &Device,
+    ) -> Self {
         Self {
             norm1: RmsNorm::new(hidden, eps, device),
             attn: Attention::new(hidden, heads, eps, device),
             norm2: RmsNorm::new(hidden, eps, device),
-            mlp: Mlp::new(hidden, mlp_hidden, device),
+            mlp: Mlp::new(hidden, mlp_hidden, frame_side, device),
             ada_ln_modulation: zero_linear(hidden, 6 * hidden, device),
         }
     }

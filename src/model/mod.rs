@@ -112,6 +112,7 @@ impl Acdit {
                         config.num_heads,
                         config.mlp_hidden(),
                         config.rms_eps,
+                        config.mlp_frame_conv.then(|| config.frame_side()),
                         device,
                     )
                 })
@@ -136,8 +137,7 @@ impl Acdit {
         match &self.x_neighbours {
             None => self.x_embedder.forward(x),
             Some(neighbours) => {
-                let side = self.config.img_hw / self.config.patch_size;
-                let around = frame_neighbours(x.clone(), side);
+                let around = frame_neighbours(x.clone(), self.config.frame_side());
                 self.x_embedder.forward(x) + linear_tokens(neighbours, around)
             }
         }
@@ -411,7 +411,7 @@ impl Acdit {
 /// x: (n, tokens, latent), whole frames of `side x side` tokens in raster order -> for each token
 /// the values of the 8 tokens around it (zeros past the frame's edge), (n, tokens, 8 * latent),
 /// the offsets in raster order from (-1, -1) to (1, 1): the layout `x_neighbours` is stored in.
-fn frame_neighbours(x: Tensor<3>, side: usize) -> Tensor<3> {
+pub(crate) fn frame_neighbours(x: Tensor<3>, side: usize) -> Tensor<3> {
     let [n, tokens, latent] = x.dims();
     let frames = n * tokens / (side * side);
     let grid = x.reshape([frames, side, side, latent]);
@@ -538,7 +538,7 @@ pub(crate) mod tests {
     #[test]
     fn every_parameter_gets_a_gradient() {
         let device = Device::flex().autodiff();
-        for config in [tiny_config(2), tiny_neighbour_video_config()] {
+        for config in [tiny_config(2), tiny_local_video_config()] {
             let model = random_model(&config, &device, 1);
             let TrainingInputs {
                 clean,
@@ -686,7 +686,7 @@ pub(crate) mod tests {
         let device = Device::flex();
         for config in [
             tiny_video_config(),
-            tiny_neighbour_video_config(),
+            tiny_local_video_config(),
             tiny_config(2),
         ] {
             let model = random_model(&config, &device, 21);
@@ -728,8 +728,8 @@ pub(crate) mod tests {
             ("image, block side 4", tiny_config(4), 1.5),
             ("video, a frame a block", tiny_video_config(), 1.5),
             (
-                "video, neighbour embedding",
-                tiny_neighbour_video_config(),
+                "video, neighbour embedding and frame convolution",
+                tiny_local_video_config(),
                 1.5,
             ),
         ];
@@ -755,10 +755,12 @@ pub(crate) mod tests {
         })
     }
 
-    /// The tiny video model with each token's embedding reading its 8 neighbours.
-    pub(crate) fn tiny_neighbour_video_config() -> ModelConfig {
+    /// The tiny video model with the Moving MNIST preset's local additions: each token's
+    /// embedding reads its 8 neighbours, and every MLP convolves each frame.
+    pub(crate) fn tiny_local_video_config() -> ModelConfig {
         ModelConfig {
             neighbour_embedding: true,
+            mlp_frame_conv: true,
             ..tiny_video_config()
         }
     }
@@ -805,14 +807,14 @@ pub(crate) mod tests {
         assert_eq!(got, want);
     }
 
-    /// Zero neighbour weights (a fresh layer) leave the model it started from unchanged, and
-    /// trained ones change what it predicts.
+    /// Zero weights of the local additions (as a start without them gets) leave the model it
+    /// started from unchanged, and trained ones, each alone, change what it predicts.
     #[test]
-    fn neighbour_embedding_starts_as_the_plain_embedding() {
+    fn local_additions_start_as_the_plain_model() {
         let device = Device::flex();
         let plain_config = tiny_video_config();
         let plain = random_model(&plain_config, &device, 41);
-        let config = tiny_neighbour_video_config();
+        let config = tiny_local_video_config();
         let started = Acdit::new(&config, &device)
             .load_start(&plain.to_tensors())
             .unwrap();
@@ -827,14 +829,17 @@ pub(crate) mod tests {
             )
         };
         assert_eq!(max_abs_diff(run(&plain), run(&started)), 0.0);
-        let mut tensors = started.to_tensors();
         let mut rng = ChaCha8Rng::seed_from_u64(43);
-        let neighbours = tensors.get_mut("x_neighbours.weight").unwrap();
-        for v in neighbours.data.iter_mut() {
-            *v = rng.random_range(-0.1..0.1);
+        for addition in ["x_neighbours.weight", "blocks.1.mlp.frame_conv"] {
+            let mut tensors = started.to_tensors();
+            let weight = tensors.get_mut(addition).unwrap();
+            for v in weight.data.iter_mut() {
+                *v = rng.random_range(-0.1..0.1);
+            }
+            let trained = Acdit::new(&config, &device).load_tensors(&tensors).unwrap();
+            let diff = max_abs_diff(run(&plain), run(&trained));
+            assert!(diff > 1e-3, "{addition}: diff {diff}");
         }
-        let trained = Acdit::new(&config, &device).load_tensors(&tensors).unwrap();
-        assert!(max_abs_diff(run(&plain), run(&trained)) > 1e-3);
     }
 
     #[test]
@@ -842,7 +847,7 @@ pub(crate) mod tests {
         let device = Device::flex();
         for config in [
             tiny_video_config(),
-            tiny_neighbour_video_config(),
+            tiny_local_video_config(),
             tiny_config(2),
         ] {
             let model = random_model(&config, &device, 11);
@@ -930,7 +935,7 @@ pub(crate) mod tests {
     fn a_rolling_window_equals_the_full_cache_while_the_clip_fits() {
         use crate::diffusion::blockwise::{Window, generate_after, rollout};
         let device = Device::flex();
-        let config = tiny_neighbour_video_config();
+        let config = tiny_local_video_config();
         let model = random_model(&config, &device, 21);
         let schedule = NoiseSchedule::ddpm();
         let (block_len, latent) = (config.block_size, config.latent_size);

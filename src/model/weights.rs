@@ -60,27 +60,38 @@ impl Acdit {
         export_module(self, &REFERENCE_NAMING)
     }
 
-    /// Loads the weights of a model to start from, which may lack the neighbour embedding:
-    /// it then starts at zero, so this model computes what the start computed.
+    /// Loads the weights of a model to start from, which may lack the video additions that
+    /// start at zero (the neighbour embedding, the MLP frame convolutions): each missing one is
+    /// given as zeros, so this model computes what the start computed.
     pub fn load_start(self, tensors: &NamedTensors) -> Result<Self, CheckpointError> {
-        let config = self.config();
-        if !config.neighbour_embedding || tensors.contains_key(NEIGHBOURS) {
-            return self.load_tensors(tensors);
-        }
-        // The reference's (out, in) layout of a linear weight.
-        let shape = vec![config.hidden_size, 8 * config.latent_size];
-        let zero = HostTensor {
-            data: vec![0.0; shape.iter().product()],
-            shape,
-        };
         let mut tensors = tensors.clone();
-        tensors.insert(NEIGHBOURS.into(), zero);
+        for (name, shape) in zero_started(self.config()) {
+            tensors.entry(name).or_insert_with(|| HostTensor {
+                data: vec![0.0; shape.iter().product()],
+                shape,
+            });
+        }
         self.load_tensors(&tensors)
     }
 }
 
-/// The checkpoint name of the neighbour embedding's weight.
-const NEIGHBOURS: &str = "x_neighbours.weight";
+/// The checkpoint names and shapes (the reference's layouts) of the parameters that start at
+/// zero and that a start without them may lack.
+fn zero_started(config: &crate::config::ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let mut tensors = Vec::new();
+    if config.neighbour_embedding {
+        // A linear weight, (out, in).
+        let shape = vec![config.hidden_size, 8 * config.latent_size];
+        tensors.push(("x_neighbours.weight".to_string(), shape));
+    }
+    if config.mlp_frame_conv {
+        for layer in 0..config.depth {
+            let shape = vec![8, config.mlp_hidden()];
+            tensors.push((format!("blocks.{layer}.mlp.frame_conv"), shape));
+        }
+    }
+    tensors
+}
 
 /// `model` with every parameter cast to `dtype` as an operation of the autodiff graph: the
 /// gradients of a loss computed with the result reach the original parameters, in their type.
