@@ -452,8 +452,8 @@ const AROUND: [(isize, isize); 8] = [
     (1, 1),
 ];
 
-/// The values of the token `side` rows and columns at (row + dr, column + dc) in a frame of
-/// `channels` values a token, or None past the frame's edge.
+/// The values of the token at (row, col) in a frame of `side` x `side` tokens of `channels`
+/// values, or None past the frame's edge.
 #[inline(always)]
 fn token_at(frame: &[f32], side: usize, channels: usize, row: isize, col: isize) -> Option<&[f32]> {
     let inside = |i: isize| (0..side as isize).contains(&i);
@@ -496,7 +496,8 @@ fn frame_conv_weight_grad_frame(x: &[f32], grad: &[f32], d_weight: &mut [f32], s
     }
 }
 
-/// The values of whole frames of `side` x `side` tokens, each `weight.len() / 8` channels.
+/// The number of values in one frame of `side` x `side` tokens of `weight.len() / 8` channels,
+/// checking that `x` holds whole frames.
 fn frame_len(x: &[f32], weight: &[f32], side: usize) -> usize {
     let frame_len = side * side * weight.len() / AROUND.len();
     assert!(
