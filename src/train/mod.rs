@@ -76,7 +76,7 @@ impl TrainConfig {
     /// blocks of 64 tokens), the MNIST recipe's network (hidden 128, depth 4), whose tensors have
     /// the same shapes, so that a run can start from the built-in MNIST model (`--init mnist`)
     /// and spend its time on motion rather than on drawing digits: batch 8, 4,200 steps at 2e-3,
-    /// 48 to 58 minutes on a 2-core CPU. A digit moves by part of a patch a frame, which
+    /// 48 and 52 minutes in two runs on a 2-core CPU. A digit moves by part of a patch a frame, which
     /// attention alone follows slowly, so two local additions start at zero: the embedding also
     /// reads each token's 8 neighbours (`neighbour_embedding`), and every MLP convolves each
     /// frame's token grid (`mlp_frame_conv`). At 5e-4, copying a digit that stands still, a
@@ -291,7 +291,7 @@ impl Trainer {
     /// Replaces a fresh run's weights, and its EMA, with `tensors`: a trained model to fine-tune
     /// from. Every tensor must fit this run's model by name and shape; the rest of the config
     /// (patch grid, blocks, frames, RoPE) may differ, as it has no weights, and a start without
-    /// the neighbour embedding gets it at zero ([`Acdit::load_start`]).
+    /// the video's local additions gets them at zero ([`Acdit::load_start`]).
     pub fn start_from(
         &mut self,
         tensors: &NamedTensors,
