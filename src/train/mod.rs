@@ -76,9 +76,9 @@ impl TrainConfig {
     /// blocks of 64 tokens), the MNIST recipe's network (hidden 128, depth 4), whose tensors have
     /// the same shapes, so that a run can start from the built-in MNIST model (`--init mnist`)
     /// and spend its time on motion rather than on drawing digits: batch 8, 4,200 steps at 2e-3,
-    /// 48 and 52 minutes in two runs on a 2-core CPU. A digit moves by part of a patch a frame, which
-    /// attention alone follows slowly, so two local additions start at zero: the embedding also
-    /// reads each token's 8 neighbours (`neighbour_embedding`), and every MLP convolves each
+    /// 48 and 52 minutes in two runs on a 2-core CPU. A digit moves by part of a patch a frame,
+    /// which attention alone follows slowly, so two local additions start at zero: the embedding
+    /// also reads each token's 8 neighbours (`neighbour_embedding`), and every MLP convolves each
     /// frame's token grid (`mlp_frame_conv`). At 5e-4, copying a digit that stands still, a
     /// model made five times the error. Patches of 8 make steps five times cheaper, but a model
     /// trained so ignored the frames before the block altogether.
