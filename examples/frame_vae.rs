@@ -32,7 +32,15 @@ fn main() -> Result<()> {
     let clips = read_clips(Path::new(frames_path), ClipLayout::Nfhw)?;
     let (h, w) = (clips.height, clips.width);
     let per = clips.frames * h * w;
-    let labels = clips.labels.clone().expect("labels");
+    let Some(labels) = clips.labels.clone() else {
+        bail!("{frames_path}: needs `labels` beside `clips` (the PNG folder is one per class)");
+    };
+    if clips.n <= HELD_OUT {
+        bail!(
+            "{frames_path}: {} frames; more than {HELD_OUT} are needed (that many are held out)",
+            clips.n
+        );
+    }
     for (i, label) in labels.iter().enumerate() {
         let dir = Path::new(png_dir).join(label.to_string());
         std::fs::create_dir_all(&dir)?;

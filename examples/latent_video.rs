@@ -132,7 +132,12 @@ fn train(args: &[String]) -> Result<()> {
     let per = latents.len() / n;
     let set = LatentClips {
         latents,
-        labels: made.labels.unwrap().iter().map(|&l| l as u32).collect(),
+        labels: made
+            .labels
+            .expect("generated clips are labelled")
+            .iter()
+            .map(|&l| l as u32)
+            .collect(),
         per,
         names: (0..10).map(|c| c.to_string()).collect(),
     };
@@ -179,7 +184,9 @@ fn predict(args: &[String]) -> Result<()> {
         bail!("predict WEIGHTS TRUTH.npz OUT.npz");
     };
     let sampling = load(weights)?;
-    let vae = sampling.vae.as_ref().expect("a latent model");
+    let Some(vae) = sampling.vae.as_ref() else {
+        bail!("{weights} is a pixel model; this example predicts with latent ones");
+    };
     let real = read_clips(Path::new(truth), ClipLayout::Nfhw)?;
     let (n, k) = (100, 4);
     let real = real.head(n, real.frames)?;
@@ -187,7 +194,9 @@ fn predict(args: &[String]) -> Result<()> {
         .flat_map(|i| real.clip(i)[..k * real.frame_len()].to_vec())
         .collect();
     let context = encode(vae, &frames, real.height, real.width);
-    let labels = real.labels.clone().expect("labels");
+    let Some(labels) = real.labels.clone() else {
+        bail!("{truth}: needs `labels` beside `clips`");
+    };
     let extent = Extent {
         frames: FRAMES,
         context: Some((&context, k)),
