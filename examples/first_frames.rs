@@ -9,8 +9,8 @@ use std::path::Path;
 use acdit::checkpoint::load::{WeightsKind, WeightsSource};
 use acdit::diffusion::blockwise::{Generation, Quiet};
 use acdit::sampling::{load_model, sample_images};
-use acdit::video::Clips;
 use acdit::video::clips::write_clips;
+use acdit::video::output::clips_from_pixels;
 use anyhow::{Result, bail};
 use burn::prelude::*;
 
@@ -35,16 +35,14 @@ fn main() -> Result<()> {
     };
     let output = sample_images(&sampling.model, &labels, &generation, 0, 50, &mut Quiet);
     let (pixels, [c, h, w]) = sampling.to_pixels(output, labels.len(), 1)?;
-    let frames: Vec<u8> = pixels
+    // The VAE decodes to RGB copies of one grey frame: their mean is that frame.
+    let grey: Vec<f32> = pixels
         .chunks(c * h * w)
         .flat_map(|item| {
-            (0..h * w).map(move |p| {
-                let v = (0..c).map(|ch| item[ch * h * w + p]).sum::<f32>() / c as f32;
-                ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8
-            })
+            (0..h * w).map(move |p| (0..c).map(|ch| item[ch * h * w + p]).sum::<f32>() / c as f32)
         })
         .collect();
-    let clips = Clips::new(frames, [labels.len(), 1, h, w], Some(labels))?;
+    let clips = clips_from_pixels(&grey, [labels.len(), 1, h, w], Some(labels))?;
     write_clips(Path::new(out), &clips)?;
     Ok(())
 }

@@ -24,6 +24,7 @@ use acdit::vae::NamedVae;
 use acdit::video::Clips;
 use acdit::video::clips::{ClipLayout, read_clips, write_clips};
 use acdit::video::moving_mnist::{MovingMnistSpec, generate};
+use acdit::video::output::clips_from_pixels;
 use anyhow::{Result, bail};
 use burn::prelude::*;
 
@@ -84,16 +85,14 @@ fn to_clips(
 ) -> Result<Clips> {
     let n = labels.len();
     let (pixels, [c, h, w]) = sampling.to_pixels(output, n, frames)?;
-    let bytes: Vec<u8> = pixels
+    // The VAE decodes to RGB copies of one grey frame: their mean is that frame.
+    let grey: Vec<f32> = pixels
         .chunks(c * h * w)
         .flat_map(|item| {
-            (0..h * w).map(move |p| {
-                let v = (0..c).map(|ch| item[ch * h * w + p]).sum::<f32>() / c as f32;
-                ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8
-            })
+            (0..h * w).map(move |p| (0..c).map(|ch| item[ch * h * w + p]).sum::<f32>() / c as f32)
         })
         .collect();
-    Ok(Clips::new(bytes, [n, frames, h, w], Some(labels))?)
+    Ok(clips_from_pixels(&grey, [n, frames, h, w], Some(labels))?)
 }
 
 fn main() -> Result<()> {
