@@ -35,7 +35,7 @@ fn main() -> Result<()> {
     };
     let output = sample_images(&sampling.model, &labels, &generation, 0, 50, &mut Quiet);
     let (pixels, [c, h, w]) = sampling.to_pixels(output, labels.len(), 1)?;
-    // The VAE decodes to RGB copies of one grey frame: their mean is that frame.
+    // A VAE of three channels decodes RGB copies of one grey frame: their mean is that frame.
     let grey: Vec<f32> = pixels
         .chunks(c * h * w)
         .flat_map(|item| {

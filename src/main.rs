@@ -27,6 +27,7 @@ use acdit::understand::features::{FeaturesJob, Pool};
 use acdit::understand::finetune::{FinetuneConfig, FinetuneJob, classify};
 use acdit::understand::probe::{ProbeInput, ProbeJob};
 use acdit::vae::NamedVae;
+use acdit::vae::train::FrameVaeJob;
 use acdit::video::clips::ClipLayout;
 use acdit::video::eval::EvalVideoJob;
 use acdit::video::moving_mnist::{MovingMnistJob, MovingMnistSpec};
@@ -120,6 +121,9 @@ enum Command {
     /// Train the project's digit classifier (the feature space of `acdit eval`'s classifier FID,
     /// and the judge of class-conditional samples) on MNIST.
     TrainClassifier(TrainClassifierArgs),
+    /// Train a small VAE on the frames of a clip file (`acdit data moving-mnist`), for a model
+    /// to draw in its latents (the moving-mnist preset does).
+    TrainVae(TrainVaeArgs),
     /// Encode an image folder (one subfolder a class) once through the VAE into latent shards
     /// that `acdit train --data` reads; rerun, it keeps finished shards.
     CacheLatents(CacheLatentsArgs),
@@ -234,6 +238,22 @@ struct EvalArgs {
 }
 
 #[derive(Args)]
+struct TrainVaeArgs {
+    /// A clip file (.npz or .npy, (N, F, H, W) uint8); every frame is a training picture.
+    #[arg(long)]
+    frames: PathBuf,
+    #[arg(long, default_value_t = 600)]
+    steps: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The diffusers folder to write (config.json and the weights), what `--vae` takes.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    device: DeviceArg,
+}
+
+#[derive(Args)]
 struct CacheLatentsArgs {
     /// ImageNet layout: one subfolder a class (class ids by sorted name), PNG or JPEG images.
     #[arg(long)]
@@ -316,6 +336,10 @@ struct MovingMnistArgs {
     /// The .npz to write.
     #[arg(long)]
     out: PathBuf,
+    /// Also write every frame as a PNG, one folder a class: an image folder for `acdit
+    /// cache-latents` and image training.
+    #[arg(long)]
+    png_dir: Option<PathBuf>,
 }
 
 /// Where the computation runs.
@@ -473,6 +497,10 @@ struct PredictArgs {
     /// The clip array's axis order; `fnhw` for Srivastava et al.'s mnist_test_seq.npy.
     #[arg(long, value_parser = choice::<ClipLayout>(), default_value = "nfhw")]
     layout: ClipLayout,
+    /// For a latent model: the VAE that encodes the context and decodes the prediction
+    /// [default: the one its weights record].
+    #[arg(long)]
+    vae: Option<String>,
     /// Frames of each clip given as context (a whole number of blocks).
     #[arg(long)]
     context_frames: usize,
@@ -550,7 +578,9 @@ struct TrainArgs {
     /// Print the resolved training config as TOML and exit.
     #[arg(long)]
     print_config: bool,
-    /// For latent data: the VAE that decodes the sample grids [default: the latents' own].
+    /// For latent data: the VAE that decodes the sample grids [default: the latents' own]. For
+    /// video: the VAE the clips are encoded through [default: the preset's; moving-mnist: the
+    /// built-in frame VAE].
     #[arg(long)]
     vae: Option<String>,
     #[arg(long, help = with_preset_values("Total optimizer steps", |c| c.steps.to_string()))]
@@ -762,6 +792,22 @@ fn main() -> Result<()> {
             precision: args.dtype,
             device: with_precision(args.device.device()?, args.dtype)?,
         }),
+        Command::TrainVae(args) => {
+            let report = FrameVaeJob {
+                frames: args.frames,
+                steps: args.steps,
+                seed: args.seed,
+                out: args.out.clone(),
+            }
+            .run(&args.device.device()?.autodiff())?;
+            println!(
+                "held-out reconstruction MSE {:.5} ([-1, 1] units), scaling factor {:.4} -> {}",
+                report.reconstruction_mse,
+                report.scaling_factor,
+                args.out.display()
+            );
+            Ok(())
+        }
         Command::CacheLatents(args) => cache_latents(args),
         Command::Eval(args) => eval(args),
         Command::Sweep {
@@ -796,6 +842,7 @@ fn moving_mnist(args: MovingMnistArgs) -> Result<()> {
         clips: args.clips,
         seed: args.seed,
         out: args.out,
+        png_dir: args.png_dir,
     };
     let clips = job.run(&digits)?;
     println!(
@@ -830,7 +877,11 @@ fn sample(args: SampleArgs) -> Result<()> {
 }
 
 fn predict(args: PredictArgs) -> Result<()> {
-    let model = args.model.load("moving-mnist", &args.device.device()?)?;
+    let device = args.device.device()?;
+    let model = args
+        .model
+        .load("moving-mnist", &device)?
+        .with_vae(args.vae.as_deref(), &device)?;
     let job = PredictJob {
         context: args.context,
         layout: args.layout,

@@ -276,6 +276,15 @@ impl SamplingModel {
         Ok(self)
     }
 
+    /// The side of the frames the model draws, in pixels: through the VAE for a latent model.
+    pub fn frame_side(&self) -> usize {
+        let down = self
+            .vae
+            .as_ref()
+            .map_or(1, |vae| vae.vae.config().downsampling());
+        self.model.config().img_hw * down
+    }
+
     /// The model's output (n, frames, channels, h, w) as pixels (see [`output_pixels`]).
     pub fn to_pixels(
         &self,

@@ -266,5 +266,20 @@ mod tests {
             crate::train::TrainConfig::moving_mnist().model
         );
         assert_eq!(loaded.class_names.map(|names| names.len()), Some(10));
+        // It draws in the built-in frame VAE's latents, which decode to 32x32 grey frames.
+        assert_eq!(loaded.vae.as_deref(), Some("moving-mnist"));
+        let device = burn::prelude::Device::flex();
+        let sampling = crate::sampling::load_model(
+            WeightsSource::BuiltIn(built_in),
+            WeightsKind::Ema,
+            None,
+            &device,
+        )
+        .unwrap()
+        .with_vae(None, &device)
+        .unwrap();
+        assert_eq!(sampling.frame_side(), 32);
+        let vae = sampling.vae.as_ref().unwrap().vae.config();
+        assert_eq!((vae.in_channels, vae.out_channels), (1, 1));
     }
 }

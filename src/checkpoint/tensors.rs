@@ -176,6 +176,14 @@ impl SafetensorsFile {
     }
 
     /// Any float or integer tensor, converted to f32.
+    /// Every tensor, as f32.
+    pub fn f32_tensors(&self) -> Result<NamedTensors, CheckpointError> {
+        self.names()
+            .into_iter()
+            .map(|name| Ok((name.clone(), self.f32(&name)?)))
+            .collect()
+    }
+
     pub fn f32(&self, name: &str) -> Result<HostTensor, CheckpointError> {
         let (info, bytes) = self.raw(name)?;
         let data = decode_f32(info.dtype, bytes)
@@ -233,11 +241,7 @@ impl SafetensorsFile {
 
 /// Reads every tensor of a safetensors file as f32.
 pub fn read_safetensors(path: &Path) -> Result<NamedTensors, CheckpointError> {
-    let file = SafetensorsFile::open(path)?;
-    file.names()
-        .into_iter()
-        .map(|name| Ok((name.clone(), file.f32(&name)?)))
-        .collect()
+    SafetensorsFile::open(path)?.f32_tensors()
 }
 
 /// Writes `values` (f32, of `shape`) under `name` and `labels` (int64, one per row) to `path`

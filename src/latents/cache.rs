@@ -50,11 +50,9 @@ impl CacheLatentsJob {
                 self.resolution
             );
         }
-        if config.in_channels != 3 {
-            bail!(
-                "the VAE takes {} channels; images are encoded as RGB",
-                config.in_channels
-            );
+        let channels = config.in_channels;
+        if !matches!(channels, 1 | 3) {
+            bail!("the VAE takes {channels} channels; images are encoded as grey (1) or RGB (3)");
         }
         if self.shard_size == 0 || self.batch == 0 {
             bail!("--shard-size and --batch must be at least 1");
@@ -123,13 +121,19 @@ impl CacheLatentsJob {
                     if item % copies == 1 {
                         image = image::imageops::flip_horizontal(&image);
                     }
-                    push_chw(&mut pixels, &image::DynamicImage::ImageRgb8(image), 3);
+                    let image = match channels {
+                        1 => image::DynamicImage::ImageLuma8(
+                            image::DynamicImage::ImageRgb8(image).into_luma8(),
+                        ),
+                        _ => image::DynamicImage::ImageRgb8(image),
+                    };
+                    push_chw(&mut pixels, &image, channels);
                     labels.push(i64::from(*label));
                 }
                 let r = self.resolution;
                 let batch = Tensor::<1>::from_floats(pixels.as_slice(), device).reshape([
                     chunk.len(),
-                    3,
+                    channels,
                     r,
                     r,
                 ]);

@@ -11,6 +11,7 @@ use super::run::{RunDir, run};
 use super::state::Checkpoint;
 use super::{TrainConfig, Trainer};
 use crate::checkpoint::load::{WeightsKind, WeightsSource, built_in_model, load_weights};
+use crate::config::ModelConfig;
 use crate::data::idx::{
     DatasetKind, Split, embedded_mnist, load_mnist_dir, mnist_files, mnist_or_built_in,
 };
@@ -18,12 +19,17 @@ use crate::data::image_folder::load_image_folder;
 use crate::data::{ImageDataset, TrainingSet};
 use crate::latents::{LatentManifest, LatentSet};
 use crate::vae::NamedVae;
+use crate::video::Clips;
 use crate::video::clips::{ClipLayout, expect_frame_size, read_clips};
-use crate::video::moving_mnist::MovingMnistSpec;
-use crate::video::training::{ClipSet, GeneratedClips};
+use crate::video::moving_mnist::{MovingMnistSpec, generate};
+use crate::video::training::{ClipSet, EncodedClips, GeneratedClips};
 
 /// Generated clips counted as one epoch: only when the data order reshuffles depends on it.
 const GENERATED_EPOCH: usize = 10_000;
+/// Generated clips a latent video run encodes once (2 minutes on 2 cores at the preset) rather
+/// than running the encoder in every step (a sixth of the step): 2,200 steps of 8 see each
+/// about twice.
+pub const ENCODED_CLIPS: usize = 8000;
 
 /// A training recipe by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,7 +161,7 @@ pub struct TrainJob {
     pub out: Option<PathBuf>,
     pub overrides: TrainOverrides,
     /// For latent data: the VAE that decodes sample grids, instead of the one the latents were
-    /// made with.
+    /// made with. For video: the VAE the clips are encoded through, instead of the preset's.
     pub vae: Option<String>,
 }
 
@@ -199,6 +205,9 @@ impl TrainJob {
                 (None, None) => self.preset.config(),
             };
             self.overrides.apply(&mut config);
+            if config.model.temporal_len > 1 && self.vae.is_some() {
+                config.vae = self.vae.clone();
+            }
             config.validate()?;
             return Ok(ResolvedTraining {
                 config,
@@ -221,6 +230,14 @@ impl TrainJob {
         }
         let checkpoint = Checkpoint::load(path)?;
         let mut config = checkpoint.config.clone();
+        let video = config.model.temporal_len > 1;
+        if video && self.vae.is_some() && self.vae != config.vae {
+            bail!(
+                "a resumed run keeps the VAE its clips were encoded through ({}); --vae {} names another",
+                config.vae.as_deref().unwrap_or("none: pixels"),
+                self.vae.as_deref().unwrap_or_default()
+            );
+        }
         if let Some(steps) = self.overrides.steps {
             config.steps = steps;
         }
@@ -262,7 +279,9 @@ impl TrainJob {
             );
             (Box::new(latents) as Box<dyn TrainingSet>, described)
         } else if config.model.temporal_len > 1 {
-            self.load_clips(&config)?
+            let (data, described, clips_vae) = self.load_clips(&config)?;
+            vae = clips_vae;
+            (data, described)
         } else {
             let dataset = self.load_dataset(&config)?;
             let described = format!(
@@ -306,79 +325,115 @@ impl TrainJob {
     /// Video training data: the clips of `--data` (with labels, of the model's frame count and
     /// size), else one-digit Moving MNIST generated on the fly from the training digits, each
     /// at a speed drawn from 0 up to the dataset's: still and slow clips teach the network to
-    /// carry the digit over, which clips at one speed alone did not (docs/video/trials.md).
-    fn load_clips(&self, config: &TrainConfig) -> Result<(Box<dyn TrainingSet>, String)> {
+    /// carry the digit over, which clips at one speed alone did not (docs/video/trials.md). A
+    /// model in a VAE's latents gets the clips encoded once ([`ENCODED_CLIPS`] generated ones),
+    /// and the VAE is returned to decode the sample grids.
+    fn load_clips(&self, config: &TrainConfig) -> Result<VideoData> {
         let model = &config.model;
         let class_names = self.preset.dataset().class_names();
-        if let Some(path) = &self.data {
-            let clips = read_clips(path, ClipLayout::Nfhw)?;
-            expect_frame_size(&clips, path, model.img_hw)?;
-            if clips.frames != model.temporal_len {
-                bail!(
-                    "{}: clips of {} frames, but the model is trained on {} (expected (N, {}, {}, {}))",
-                    path.display(),
-                    clips.frames,
-                    model.temporal_len,
-                    model.temporal_len,
-                    model.img_hw,
-                    model.img_hw
+        let vae = match &config.vae {
+            Some(name) => Some(video_vae(name, model.in_channels)?),
+            None if model.in_channels != 1 => bail!(
+                "the model takes {} channels a frame: name the VAE its clips are encoded through (--vae)",
+                model.in_channels
+            ),
+            None => None,
+        };
+        let side = model.img_hw * vae.as_ref().map_or(1, |v| v.vae.config().downsampling());
+        let (clips, described) = match &self.data {
+            Some(path) => (
+                self.clips_file(path, model, side)?,
+                path.display().to_string(),
+            ),
+            None => {
+                let (digits, full) = mnist_or_built_in(Split::Train)?;
+                if !full {
+                    println!(
+                        "data/mnist not found: drawing clips from the built-in MNIST subset (`acdit data fetch mnist` gets all 60,000 digits)"
+                    );
+                }
+                let spec = MovingMnistSpec {
+                    frames: model.temporal_len,
+                    digits: 1,
+                    min_speed: 0.0,
+                    ..MovingMnistSpec::srivastava().at_size(side)
+                };
+                spec.validate()?;
+                let described = format!(
+                    "one-digit Moving MNIST ({} frames of {}x{}, {}x{} digits from {} training digits, {} to {} pixels a frame)",
+                    spec.frames,
+                    spec.size,
+                    spec.size,
+                    spec.digit_size,
+                    spec.digit_size,
+                    digits.n,
+                    spec.min_speed,
+                    spec.speed
                 );
+                let Some(vae) = vae else {
+                    let set = GeneratedClips {
+                        spec,
+                        digits,
+                        seed: config.seed,
+                        epoch_len: GENERATED_EPOCH,
+                    };
+                    return Ok((
+                        Box::new(set),
+                        format!("{described}, generated on the fly"),
+                        None,
+                    ));
+                };
+                let clips = generate(&spec, &digits, ENCODED_CLIPS, config.seed)?;
+                let described = format!("{ENCODED_CLIPS} clips of {described}");
+                return encoded(clips, class_names, vae, described);
             }
-            let labels = clips.labels.clone().with_context(|| {
-                format!(
-                    "{}: training needs `labels` (N) beside `clips`",
-                    path.display()
-                )
-            })?;
-            if let Some(bad) = labels
-                .iter()
-                .find(|&&l| l < 0 || l as usize >= model.num_classes)
-            {
-                bail!(
-                    "{}: label {bad} is out of range for {} classes",
-                    path.display(),
-                    model.num_classes
-                );
+        };
+        let labels = clips.labels.clone().expect("checked by clips_file");
+        let described = format!("{} clips from {described}", clips.n);
+        match vae {
+            Some(vae) => encoded(clips, class_names, vae, described),
+            None => {
+                let set = ClipSet {
+                    labels: labels.iter().map(|&l| l as u32).collect(),
+                    clips,
+                    class_names,
+                };
+                Ok((Box::new(set), described, None))
             }
-            let described = format!("{} clips from {}", clips.n, path.display());
-            let set = ClipSet {
-                labels: labels.iter().map(|&l| l as u32).collect(),
-                clips,
-                class_names,
-            };
-            return Ok((Box::new(set), described));
         }
-        let (digits, full) = mnist_or_built_in(Split::Train)?;
-        if !full {
-            println!(
-                "data/mnist not found: drawing clips from the built-in MNIST subset (`acdit data fetch mnist` gets all 60,000 digits)"
+    }
+
+    /// The clips of `path`, checked against the model: frames of `side` pixels, the model's
+    /// frame count, labels in range.
+    fn clips_file(&self, path: &Path, model: &ModelConfig, side: usize) -> Result<Clips> {
+        let clips = read_clips(path, ClipLayout::Nfhw)?;
+        expect_frame_size(&clips, path, side)?;
+        if clips.frames != model.temporal_len {
+            bail!(
+                "{}: clips of {} frames, but the model is trained on {} (expected (N, {}, {side}, {side}))",
+                path.display(),
+                clips.frames,
+                model.temporal_len,
+                model.temporal_len,
             );
         }
-        let spec = MovingMnistSpec {
-            frames: model.temporal_len,
-            digits: 1,
-            min_speed: 0.0,
-            ..MovingMnistSpec::srivastava().at_size(model.img_hw)
-        };
-        spec.validate()?;
-        let described = format!(
-            "one-digit Moving MNIST generated on the fly ({} frames of {}x{}, {}x{} digits from {} training digits, {} to {} pixels a frame)",
-            spec.frames,
-            spec.size,
-            spec.size,
-            spec.digit_size,
-            spec.digit_size,
-            digits.n,
-            spec.min_speed,
-            spec.speed
-        );
-        let set = GeneratedClips {
-            spec,
-            digits,
-            seed: config.seed,
-            epoch_len: GENERATED_EPOCH,
-        };
-        Ok((Box::new(set), described))
+        let labels = clips.labels.as_ref().with_context(|| {
+            format!(
+                "{}: training needs `labels` (N) beside `clips`",
+                path.display()
+            )
+        })?;
+        if let Some(bad) = labels
+            .iter()
+            .find(|&&l| l < 0 || l as usize >= model.num_classes)
+        {
+            bail!(
+                "{}: label {bad} is out of range for {} classes",
+                path.display(),
+                model.num_classes
+            );
+        }
+        Ok(clips)
     }
 
     /// The dataset, centred to the model's frame and checked against the model.
@@ -432,6 +487,37 @@ impl TrainJob {
             TrainPreset::MovingMnist => bail!("the moving-mnist preset trains a video model"),
         }
     }
+}
+
+/// Training data, what it is in words, and the VAE of a latent video model.
+type VideoData = (Box<dyn TrainingSet>, String, Option<NamedVae>);
+
+/// The VAE `name` for a video model of `channels` latent channels.
+fn video_vae(name: &str, channels: usize) -> Result<NamedVae> {
+    let vae = NamedVae::load(name, &burn::prelude::Device::flex())
+        .with_context(|| format!("loading the VAE {name} that the clips are encoded through"))?;
+    let latent = vae.vae.config().latent_channels;
+    if latent != channels {
+        bail!("the VAE {name} makes latents of {latent} channels, the model takes {channels}");
+    }
+    Ok(vae)
+}
+
+/// `clips` (labelled) encoded once through `vae`, frame by frame.
+fn encoded(
+    clips: Clips,
+    class_names: Vec<String>,
+    vae: NamedVae,
+    described: String,
+) -> Result<VideoData> {
+    let started = std::time::Instant::now();
+    let set = EncodedClips::encode(&vae, &clips, class_names)?;
+    let described = format!(
+        "{described}, encoded through the VAE {} in {:.0} s",
+        vae.name,
+        started.elapsed().as_secs_f64()
+    );
+    Ok((Box::new(set), described, Some(vae)))
 }
 
 fn check_latents_fit(config: &TrainConfig, latents: &LatentSet) -> Result<()> {

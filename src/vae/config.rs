@@ -54,14 +54,23 @@ fn yes() -> bool {
 impl VaeConfig {
     /// Reads and checks `config.json`.
     pub fn from_file(path: &Path) -> Result<Self, VaeConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| VaeConfigError {
+            path: path.display().to_string(),
+            field: "(file)",
+            reason: e.to_string(),
+        })?;
+        Self::from_json(&text, path)
+    }
+
+    /// Parses and checks the text of a `config.json`; errors name `path`.
+    pub fn from_json(text: &str, path: &Path) -> Result<Self, VaeConfigError> {
         let fail = |field, reason: String| VaeConfigError {
             path: path.display().to_string(),
             field,
             reason,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| fail("(file)", e.to_string()))?;
         let config: VaeConfig =
-            serde_json::from_str(&text).map_err(|e| fail("(json)", e.to_string()))?;
+            serde_json::from_str(text).map_err(|e| fail("(json)", e.to_string()))?;
         config
             .check()
             .map_err(|(field, reason)| fail(field, reason))?;

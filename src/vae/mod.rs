@@ -9,6 +9,7 @@
 pub mod config;
 mod network;
 pub mod source;
+pub mod train;
 
 use std::path::Path;
 
@@ -150,13 +151,50 @@ pub struct NamedVae {
 }
 
 impl NamedVae {
-    /// The VAE `name` names: a local folder, or a hub id (see [`source::resolve`]).
+    /// The VAE `name` names: a local folder, a VAE built into the binary, or a hub id (see
+    /// [`source::resolve`]).
     pub fn load(name: &str, device: &Device) -> anyhow::Result<Self> {
-        let dir = source::resolve(name)?;
+        let vae = match source::built_in(name).filter(|_| !Path::new(name).is_dir()) {
+            Some(built_in) => built_in.load(device)?,
+            None => Vae::from_dir(&source::resolve(name)?, device)?,
+        };
         Ok(Self {
-            vae: Vae::from_dir(&dir, device)?,
+            vae,
             name: name.to_string(),
         })
+    }
+
+    /// Grey frames (n, h, w) uint8 -> ACDiT latents (n, latent_channels, h / d, w / d), `batch`
+    /// at a time: the posterior mean, scaled. A VAE of three input channels gets each frame as
+    /// three equal ones.
+    pub fn encode_frames(
+        &self,
+        frames: &[u8],
+        [h, w]: [usize; 2],
+        batch: usize,
+    ) -> anyhow::Result<Vec<f32>> {
+        let config = self.vae.config();
+        let (channels, down) = (config.in_channels, config.downsampling());
+        if !matches!(channels, 1 | 3) || !h.is_multiple_of(down) || !w.is_multiple_of(down) {
+            anyhow::bail!(
+                "the VAE {} takes {channels} channel(s) in multiples of {down} pixels: it cannot encode grey {h}x{w} frames",
+                self.name
+            );
+        }
+        let device = self.vae.encoder.conv_in.weight.device();
+        let mut latents = Vec::new();
+        for chunk in frames.chunks(batch.max(1) * h * w) {
+            let n = chunk.len() / (h * w);
+            let grey: Vec<f32> = chunk.iter().map(|&b| crate::data::scale(b)).collect();
+            let x = Tensor::<1>::from_floats(grey.as_slice(), &device).reshape([n, 1, h, w]);
+            let x = match channels {
+                1 => x,
+                _ => Tensor::cat(vec![x.clone(), x.clone(), x], 1),
+            };
+            let z = self.vae.encode_scaled(x).into_data().convert::<f32>();
+            latents.extend(z.try_to_vec::<f32>().expect("f32 latents"));
+        }
+        Ok(latents)
     }
 
     /// ACDiT latents (n, latent_channels, h, w) -> pixels (n, out_channels, 8h, 8w), `batch` at a

@@ -1,20 +1,57 @@
-//! Where a VAE's folder is: a local diffusers folder first; with the `hub` cargo feature, a
-//! Hugging Face repository id (`stabilityai/sd-vae-ft-ema`, or `facebook/DiT-XL-2-256/vae` for
-//! a model's subfolder), fetched into and read from the hub's cache.
+//! Where a VAE is: a local diffusers folder first; then a VAE built into the binary, by name;
+//! with the `hub` cargo feature, a Hugging Face repository id (`stabilityai/sd-vae-ft-ema`, or
+//! `facebook/DiT-XL-2-256/vae` for a model's subfolder), fetched into and read from the hub's
+//! cache.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
+use burn::prelude::Device;
+
+use super::{Vae, VaeConfig};
+use crate::checkpoint::tensors::SafetensorsFile;
+
+/// A diffusers VAE folder compiled into the binary, for the built-in latent models that record
+/// it by name.
+pub struct BuiltInVae {
+    pub name: &'static str,
+    config: &'static str,
+    weights: &'static [u8],
+}
+
+/// The frame VAE of the built-in Moving MNIST model (`acdit train-vae`).
+pub const BUILT_IN_VAES: &[BuiltInVae] = &[BuiltInVae {
+    name: "moving-mnist",
+    config: include_str!("../../weights/moving-mnist/vae/config.json"),
+    weights: include_bytes!("../../weights/moving-mnist/vae/diffusion_pytorch_model.safetensors"),
+}];
+
+/// The built-in VAE called `name`, if there is one.
+pub fn built_in(name: &str) -> Option<&'static BuiltInVae> {
+    BUILT_IN_VAES.iter().find(|v| v.name == name)
+}
+
+impl BuiltInVae {
+    pub fn load(&self, device: &Device) -> Result<Vae> {
+        let label = PathBuf::from(format!("<built-in VAE {}>", self.name));
+        let config = VaeConfig::from_json(self.config, &label.join("config.json"))?;
+        let file = SafetensorsFile::from_bytes(&label, self.weights.to_vec())?;
+        Vae::new(&config, device)
+            .load(&file.f32_tensors()?)
+            .with_context(|| format!("loading {}", label.display()))
+    }
+}
 
 /// The folder holding `config.json` and the weights for `--vae NAME`.
 pub fn resolve(name: &str) -> Result<PathBuf> {
-    let local = PathBuf::from(name);
+    let local = Path::new(name);
     if local.is_dir() {
-        return Ok(local);
+        return Ok(local.to_path_buf());
     }
     let Some(repo) = HubRepo::parse(name) else {
+        let built_in: Vec<&str> = BUILT_IN_VAES.iter().map(|v| v.name).collect();
         bail!(
-            "--vae {name}: no such folder (a diffusers folder with config.json and {})",
+            "--vae {name}: no such folder (a diffusers folder with config.json and {}), nor a built-in VAE {built_in:?}",
             super::WEIGHTS_FILE
         );
     };

@@ -46,6 +46,35 @@ pub fn write_clips(path: &Path, clips: &Clips) -> Result<(), VideoError> {
     Ok(write_npz_arrays(path, &arrays)?)
 }
 
+/// Writes every frame of `clips` as a grey PNG `dir/<label>/<clip>.png` (one-frame clips) or
+/// `dir/<label>/<clip>-<frame>.png`: an image folder whose classes are the clips' labels.
+pub fn write_frame_folder(dir: &Path, clips: &Clips) -> Result<(), VideoError> {
+    let labels = clips.labels.as_ref().ok_or_else(|| {
+        VideoError::Shape("an image folder needs the clips' labels for its class folders".into())
+    })?;
+    let fail = |path: &Path, reason: String| VideoError::File {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let (w, h) = (clips.width as u32, clips.height as u32);
+    for (i, label) in labels.iter().enumerate() {
+        let class_dir = dir.join(label.to_string());
+        std::fs::create_dir_all(&class_dir).map_err(|e| fail(&class_dir, e.to_string()))?;
+        for (f, frame) in clips.clip(i).chunks(clips.frame_len()).enumerate() {
+            let name = match clips.frames {
+                1 => format!("{i}.png"),
+                _ => format!("{i}-{f}.png"),
+            };
+            let path = class_dir.join(name);
+            image::GrayImage::from_raw(w, h, frame.to_vec())
+                .expect("a frame holds height x width bytes")
+                .save(&path)
+                .map_err(|e| fail(&path, e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Reads the clips at `path`: an `.npz` with `clips.npy` (and optionally `labels.npy`, int64
 /// (n,)), or a bare `.npy`, told apart by their first bytes. The clip array is uint8 with its
 /// axes in `layout`; the result is (n, frames, height, width) whatever the layout.

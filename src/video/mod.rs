@@ -12,6 +12,9 @@ pub mod predict;
 pub mod reader;
 pub mod training;
 
+#[cfg(test)]
+mod latent_tests;
+
 use std::path::PathBuf;
 
 use crate::output::OutputError;

@@ -14,7 +14,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use super::{Clips, VideoError, clips::write_clips};
+use super::clips::{write_clips, write_frame_folder};
+use super::{Clips, VideoError};
 use crate::data::ImageDataset;
 
 /// The shape and motion of the clips.
@@ -342,13 +343,20 @@ pub struct MovingMnistJob {
     pub seed: u64,
     /// The `.npz` to write (see [`write_clips`]).
     pub out: PathBuf,
+    /// Also every frame as a PNG in a folder a class (see [`write_frame_folder`]): an image
+    /// folder for `acdit cache-latents` and image training.
+    pub png_dir: Option<PathBuf>,
 }
 
 impl MovingMnistJob {
-    /// Generates the clips from `digits`, writes them to `out` atomically, and returns them.
+    /// Generates the clips from `digits`, writes them to `out` atomically (and the PNGs), and
+    /// returns them.
     pub fn run(&self, digits: &ImageDataset) -> Result<Clips, VideoError> {
         let clips = generate(&self.spec, digits, self.clips, self.seed)?;
         write_clips(&self.out, &clips)?;
+        if let Some(dir) = &self.png_dir {
+            write_frame_folder(dir, &clips)?;
+        }
         Ok(clips)
     }
 }
@@ -608,9 +616,19 @@ mod tests {
             clips: 4,
             seed: 11,
             out: dir.path().join("mm.npz"),
+            png_dir: Some(dir.path().join("png")),
         };
         let clips = job.run(&embedded_mnist(Split::Test)).unwrap();
         assert_eq!(clips.shape(), [4, 12, 32, 32]);
         assert_eq!(read_clips(&job.out, ClipLayout::Nfhw).unwrap(), clips);
+        let label = clips.labels.as_ref().unwrap()[2];
+        let frame = image::open(dir.path().join(format!("png/{label}/2-5.png")))
+            .unwrap()
+            .into_luma8();
+        let at = 5 * clips.frame_len();
+        assert_eq!(
+            frame.as_raw()[..],
+            clips.clip(2)[at..at + clips.frame_len()]
+        );
     }
 }

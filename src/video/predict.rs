@@ -54,7 +54,7 @@ impl PredictJob {
             }
             real = real.head(n, real.frames)?;
         }
-        self.check(&real, config)?;
+        self.check(&real, config, sampling.frame_side())?;
         let frames = self.frames.unwrap_or(config.temporal_len);
         let labels: Vec<i64> = match &real.labels {
             Some(labels) => labels.clone(),
@@ -71,10 +71,13 @@ impl PredictJob {
             );
         }
         let k = self.context_frames;
-        let context: Vec<f32> = (0..real.n)
+        let given: Vec<u8> = (0..real.n)
             .flat_map(|i| real.clip(i)[..k * real.frame_len()].to_vec())
-            .map(crate::data::scale)
             .collect();
+        let context: Vec<f32> = match &sampling.vae {
+            Some(vae) => vae.encode_frames(&given, [real.height, real.width], 64)?,
+            None => given.into_iter().map(crate::data::scale).collect(),
+        };
         let window = self.window.unwrap_or_else(|| Window::widest(config));
         window.check(config.ar_len).map_err(anyhow::Error::msg)?;
         let extent = Extent {
@@ -94,8 +97,18 @@ impl PredictJob {
             self.batch,
             &mut Quiet,
         );
-        let shape = [real.n, frames, config.img_hw, config.img_hw];
-        let predicted = clips_from_pixels(&pixels, shape, Some(labels.clone()))?;
+        let (pixels, [c, h, w]) = sampling.to_pixels(pixels, real.n, frames)?;
+        if c != 1 {
+            bail!("predict writes grey clips, but the model's frames have {c} channels");
+        }
+        let mut predicted =
+            clips_from_pixels(&pixels, [real.n, frames, h, w], Some(labels.clone()))?;
+        // The given frames as they are, not as a VAE returns them.
+        let given = k * real.frame_len();
+        for i in 0..real.n {
+            let at = i * frames * real.frame_len();
+            predicted.clips[at..at + given].copy_from_slice(&real.clip(i)[..given]);
+        }
         let truth = match real.frames >= frames {
             true => Some(real.head(real.n, frames)?),
             false => None,
@@ -129,9 +142,9 @@ impl PredictJob {
     }
 
     /// The context must fit the model: its frame size, whole blocks, fewer frames than asked.
-    fn check(&self, real: &Clips, config: &crate::config::ModelConfig) -> Result<()> {
+    fn check(&self, real: &Clips, config: &crate::config::ModelConfig, side: usize) -> Result<()> {
         let path = &self.context;
-        expect_frame_size(real, path, config.img_hw)?;
+        expect_frame_size(real, path, side)?;
         let (k, per_block) = (self.context_frames, config.frames_per_block());
         let frames = self.frames.unwrap_or(config.temporal_len);
         if k == 0 || !k.is_multiple_of(per_block) {
@@ -144,11 +157,9 @@ impl PredictJob {
         }
         if real.frames < k {
             bail!(
-                "{}: clips of {} frames, but {k} context frames were asked for (expected (N, >= {k}, {}, {}))",
+                "{}: clips of {} frames, but {k} context frames were asked for (expected (N, >= {k}, {side}, {side}))",
                 path.display(),
                 real.frames,
-                config.img_hw,
-                config.img_hw
             );
         }
         Ok(())

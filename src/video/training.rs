@@ -3,6 +3,7 @@
 use super::Clips;
 use super::moving_mnist::{MovingMnistSpec, generate_clip};
 use crate::data::{ImageDataset, TrainingSet, scale};
+use crate::vae::NamedVae;
 
 /// Moving MNIST clips generated as training asks for them. Item `index` of epoch `e` is clip
 /// `e * epoch_len + index` of the seed, so no clip repeats, and a resumed run (which restores the
@@ -48,6 +49,50 @@ impl TrainingSet for ClipSet {
     fn item(&self, _epoch: u64, index: usize) -> (Vec<f32>, u32) {
         let values = self.clips.clip(index).iter().copied().map(scale).collect();
         (values, self.labels[index])
+    }
+
+    fn class_names(&self) -> &[String] {
+        &self.class_names
+    }
+}
+
+/// Clips encoded once through a VAE, frame by frame: training data in its latents.
+pub struct EncodedClips {
+    /// (n, frames, latent channels, h, w)
+    latents: Vec<f32>,
+    labels: Vec<u32>,
+    class_names: Vec<String>,
+    /// Values a clip.
+    per_clip: usize,
+}
+
+impl EncodedClips {
+    /// Encodes `clips`, which must have labels, 64 frames at a time.
+    pub fn encode(vae: &NamedVae, clips: &Clips, class_names: Vec<String>) -> anyhow::Result<Self> {
+        let Some(labels) = &clips.labels else {
+            anyhow::bail!("training clips need labels");
+        };
+        let latents = vae.encode_frames(&clips.clips, [clips.height, clips.width], 64)?;
+        Ok(Self {
+            per_clip: latents.len() / clips.n.max(1),
+            latents,
+            labels: labels.iter().map(|&l| l as u32).collect(),
+            class_names,
+        })
+    }
+}
+
+impl TrainingSet for EncodedClips {
+    fn epoch_len(&self) -> usize {
+        self.labels.len()
+    }
+
+    fn item(&self, _epoch: u64, index: usize) -> (Vec<f32>, u32) {
+        let at = index * self.per_clip;
+        (
+            self.latents[at..at + self.per_clip].to_vec(),
+            self.labels[index],
+        )
     }
 
     fn class_names(&self) -> &[String] {
