@@ -197,8 +197,9 @@ impl NamedVae {
         Ok(latents)
     }
 
-    /// ACDiT latents (n, latent_channels, h, w) -> pixels (n, out_channels, 8h, 8w), `batch` at a
-    /// time to bound the decoder's memory. Returns the pixels and their shape.
+    /// ACDiT latents (n, latent_channels, h, w) -> pixels (n, out_channels, d h, d w) for the
+    /// VAE's down-sampling d (8 for the SD-VAE), `batch` at a time to bound the decoder's memory.
+    /// Returns the pixels and their shape.
     pub fn decode_latents(
         &self,
         latents: &[f32],
