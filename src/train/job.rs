@@ -341,10 +341,7 @@ impl TrainJob {
         };
         let side = model.img_hw * vae.as_ref().map_or(1, |v| v.vae.config().downsampling());
         let (clips, described) = match &self.data {
-            Some(path) => (
-                self.clips_file(path, model, side)?,
-                path.display().to_string(),
-            ),
+            Some(path) => (clips_file(path, model, side)?, path.display().to_string()),
             None => {
                 let (digits, full) = mnist_or_built_in(Split::Train)?;
                 if !full {
@@ -388,7 +385,7 @@ impl TrainJob {
                 return encoded(clips, class_names, vae, described);
             }
         };
-        let labels = clips.labels.clone().expect("checked by clips_file");
+        let labels = clips.labels.clone().expect("clips_file checked the labels");
         let described = format!("{} clips from {described}", clips.n);
         match vae {
             Some(vae) => encoded(clips, class_names, vae, described),
@@ -401,39 +398,6 @@ impl TrainJob {
                 Ok((Box::new(set), described, None))
             }
         }
-    }
-
-    /// The clips of `path`, checked against the model: frames of `side` pixels, the model's
-    /// frame count, labels in range.
-    fn clips_file(&self, path: &Path, model: &ModelConfig, side: usize) -> Result<Clips> {
-        let clips = read_clips(path, ClipLayout::Nfhw)?;
-        expect_frame_size(&clips, path, side)?;
-        if clips.frames != model.temporal_len {
-            bail!(
-                "{}: clips of {} frames, but the model is trained on {} (expected (N, {}, {side}, {side}))",
-                path.display(),
-                clips.frames,
-                model.temporal_len,
-                model.temporal_len,
-            );
-        }
-        let labels = clips.labels.as_ref().with_context(|| {
-            format!(
-                "{}: training needs `labels` (N) beside `clips`",
-                path.display()
-            )
-        })?;
-        if let Some(bad) = labels
-            .iter()
-            .find(|&&l| l < 0 || l as usize >= model.num_classes)
-        {
-            bail!(
-                "{}: label {bad} is out of range for {} classes",
-                path.display(),
-                model.num_classes
-            );
-        }
-        Ok(clips)
     }
 
     /// The dataset, centred to the model's frame and checked against the model.
@@ -487,6 +451,39 @@ impl TrainJob {
             TrainPreset::MovingMnist => bail!("the moving-mnist preset trains a video model"),
         }
     }
+}
+
+/// The clips of `path`, checked against the model: frames of `side` pixels, the model's
+/// frame count, labels in range.
+fn clips_file(path: &Path, model: &ModelConfig, side: usize) -> Result<Clips> {
+    let clips = read_clips(path, ClipLayout::Nfhw)?;
+    expect_frame_size(&clips, path, side)?;
+    if clips.frames != model.temporal_len {
+        bail!(
+            "{}: clips of {} frames, but the model is trained on {} (expected (N, {}, {side}, {side}))",
+            path.display(),
+            clips.frames,
+            model.temporal_len,
+            model.temporal_len,
+        );
+    }
+    let labels = clips.labels.as_ref().with_context(|| {
+        format!(
+            "{}: training needs `labels` (N) beside `clips`",
+            path.display()
+        )
+    })?;
+    if let Some(bad) = labels
+        .iter()
+        .find(|&&l| l < 0 || l as usize >= model.num_classes)
+    {
+        bail!(
+            "{}: label {bad} is out of range for {} classes",
+            path.display(),
+            model.num_classes
+        );
+    }
+    Ok(clips)
 }
 
 /// Training data, what it is in words, and the VAE of a latent video model.
