@@ -550,15 +550,16 @@ impl RolloutArgs {
 
 #[derive(Args)]
 struct TrainArgs {
-    /// The recipe to start from.
-    #[arg(long, value_parser = choice::<TrainPreset>(), default_value = "mnist")]
-    preset: TrainPreset,
+    /// The recipe to start from [default: mnist; a resume: its run's].
+    #[arg(long, value_parser = choice::<TrainPreset>())]
+    preset: Option<TrainPreset>,
     /// A training config (JSON or TOML) instead of a preset; --print-config writes one.
     #[arg(long)]
     config: Option<PathBuf>,
     /// IDX files (MNIST layout), a folder of class subfolders, or a latent folder from
     /// `acdit cache-latents` (which picks the latent recipe). Default: the preset's dataset
-    /// under data/, else the MNIST subset built into the binary.
+    /// under data/, else the MNIST subset built into the binary; a resume: its run's data
+    /// (--data then says where that data is now).
     #[arg(long)]
     data: Option<PathBuf>,
     /// Continue a run from its checkpoint (only --steps may change its config).
@@ -568,7 +569,7 @@ struct TrainArgs {
     /// (`mnist`) or a weights file whose every tensor fits the run's model.
     #[arg(long, conflicts_with = "resume")]
     init: Option<String>,
-    /// Run folder [default: runs/<preset>].
+    /// Run folder [default: runs/<preset>; a resume: its checkpoint's folder].
     #[arg(long)]
     out: Option<PathBuf>,
     /// The float type of the forward and backward pass; bf16 keeps the weights, the

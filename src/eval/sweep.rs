@@ -22,7 +22,7 @@ use crate::diffusion::blockwise::Generation;
 use crate::output::{Panel, plot_panels};
 use crate::sampling::load_model;
 use crate::train::TrainConfig;
-use crate::train::job::{TrainJob, TrainOverrides, TrainPreset};
+use crate::train::job::{TrainJob, TrainOverrides};
 
 /// What the sweep was asked for.
 #[derive(Debug, Clone)]
@@ -164,7 +164,7 @@ impl BlockSizeSweep {
             );
             let resume = checkpoint.is_file().then(|| checkpoint.clone());
             TrainJob {
-                preset: TrainPreset::Mnist,
+                preset: None,
                 config_file: resume.is_none().then(|| config_file.clone()),
                 data: self.data.clone(),
                 resume,

@@ -22,7 +22,7 @@ mod tests {
     use crate::diffusion::blockwise::Generation;
     use crate::sampling::{SampleJob, load_model, run_job};
     use crate::testing::conformance_dir;
-    use crate::train::job::{TrainJob, TrainOverrides, TrainPreset};
+    use crate::train::job::{TrainJob, TrainOverrides};
     use crate::vae::NamedVae;
 
     /// Two classes of three JPEGs each, no two of one size.
@@ -131,7 +131,7 @@ mod tests {
         // Training on the latents for a few steps, sample grids decoded through the VAE.
         let run = temp.path().join("run");
         TrainJob {
-            preset: TrainPreset::Mnist,
+            preset: None,
             config_file: None,
             data: Some(whole.clone()),
             resume: None,

@@ -8,7 +8,7 @@ use burn::prelude::Device;
 
 use super::lr::LrSchedule;
 use super::run::{RunDir, run};
-use super::state::Checkpoint;
+use super::state::{Checkpoint, DataSource};
 use super::{TrainConfig, Trainer};
 use crate::checkpoint::load::{WeightsKind, WeightsSource, built_in_model, load_weights};
 use crate::config::ModelConfig;
@@ -145,19 +145,22 @@ impl TrainOverrides {
 /// What `acdit train` was asked for.
 #[derive(Debug, Clone)]
 pub struct TrainJob {
-    pub preset: TrainPreset,
+    /// Default: mnist for a fresh run; a resume reads its run's (and refuses another).
+    pub preset: Option<TrainPreset>,
     /// A training config (JSON or TOML) instead of the preset's.
     pub config_file: Option<PathBuf>,
     /// IDX files, a folder of class subfolders, or a latent folder from `acdit cache-latents`
     /// (which sets the model, unless `config_file` does); default: the preset's fetched
-    /// dataset, else the MNIST subset built into the binary.
+    /// dataset, else the MNIST subset built into the binary. A resume reads its run's data
+    /// unless this names where that data is now.
     pub data: Option<PathBuf>,
     /// A checkpoint to continue from.
     pub resume: Option<PathBuf>,
     /// Weights a fresh run starts from instead of random ones (a built-in model's name or a
     /// weights file): fine-tuning, e.g. a video model from the image model of the same width.
     pub init: Option<String>,
-    /// The run folder; default `runs/<preset>`, or `runs/latent` for latent data.
+    /// The run folder; default: a resumed checkpoint's folder, else `runs/<preset>`, or
+    /// `runs/latent` for latent data.
     pub out: Option<PathBuf>,
     pub overrides: TrainOverrides,
     /// For latent data: the VAE that decodes sample grids, instead of the one the latents were
@@ -175,14 +178,24 @@ impl TrainJob {
     /// The run folder.
     pub fn out_dir(&self) -> PathBuf {
         use crate::choice::Choice;
+        if let Some(out) = &self.out {
+            return out.clone();
+        }
+        if let Some(checkpoint) = &self.resume {
+            return checkpoint
+                .parent()
+                .map_or_else(PathBuf::new, Path::to_path_buf);
+        }
         let name = if self.latent_data().is_some() {
             "latent"
         } else {
-            self.preset.name()
+            self.preset().name()
         };
-        self.out
-            .clone()
-            .unwrap_or_else(|| Path::new("runs").join(name))
+        Path::new("runs").join(name)
+    }
+
+    fn preset(&self) -> TrainPreset {
+        self.preset.unwrap_or(TrainPreset::Mnist)
     }
 
     /// `--data` when it is a latent folder from `acdit cache-latents`.
@@ -202,7 +215,7 @@ impl TrainJob {
                     let manifest = LatentManifest::read(dir)?;
                     TrainConfig::latent(manifest.latent_shape, manifest.class_names.len())
                 }
-                (None, None) => self.preset.config(),
+                (None, None) => self.preset().config(),
             };
             self.overrides.apply(&mut config);
             if config.model.temporal_len > 1 && self.vae.is_some() {
@@ -260,6 +273,49 @@ impl TrainJob {
     /// Trains: loads the data, builds or resumes the trainer, and runs to the last step.
     pub fn run(&self, device: &Device) -> Result<()> {
         let ResolvedTraining { config, resumed } = self.resolve()?;
+        match resumed.as_ref().and_then(|c| c.source.clone()) {
+            Some(source) => self.reading(&source)?.train(config, resumed, device),
+            None => self.train(config, resumed, device),
+        }
+    }
+
+    /// This job reading what a resumed run trained on: its preset's data, or its `--data`
+    /// unless `self.data` says where that is now.
+    fn reading(&self, source: &DataSource) -> Result<Self> {
+        use crate::choice::Choice;
+        let checkpoint = self.resume.as_deref().unwrap_or(Path::new("")).display();
+        let recorded = TrainPreset::from_name(&source.preset).with_context(|| {
+            format!(
+                "{checkpoint}: data_source names an unknown preset {:?}",
+                source.preset
+            )
+        })?;
+        if let Some(given) = self.preset.filter(|&p| p != recorded) {
+            bail!(
+                "{checkpoint} trained on the {} preset's data; a resume reads the same (--preset {} names another)",
+                recorded.name(),
+                given.name()
+            );
+        }
+        let data = self.data.clone().or_else(|| source.path.clone());
+        if self.data.is_none()
+            && let Some(path) = &data
+        {
+            println!("reading the run's data, {}", path.display());
+        }
+        Ok(Self {
+            preset: Some(recorded),
+            data,
+            ..self.clone()
+        })
+    }
+
+    fn train(
+        &self,
+        config: TrainConfig,
+        resumed: Option<Checkpoint>,
+        device: &Device,
+    ) -> Result<()> {
         let mut vae = None;
         let (data, described) = if let Some(dir) = self.latent_data() {
             let latents = LatentSet::open(dir)?;
@@ -290,13 +346,33 @@ impl TrainJob {
             );
             (Box::new(dataset) as Box<dyn TrainingSet>, described)
         };
+        let source = DataSource {
+            preset: crate::choice::Choice::name(self.preset()).to_string(),
+            path: self.data.clone(),
+            items: data.epoch_len(),
+        };
         let mut trainer = match resumed {
             Some(mut checkpoint) => {
+                if let Some(recorded) = &checkpoint.source
+                    && recorded.items != source.items
+                {
+                    bail!(
+                        "{}: the run trained on {} items, but {} has {}: a resume must read the same data",
+                        self.resume.as_deref().unwrap_or(Path::new("")).display(),
+                        recorded.items,
+                        source.path.as_deref().map_or_else(
+                            || format!("the {} preset's data", source.preset),
+                            |p| p.display().to_string()
+                        ),
+                        source.items
+                    );
+                }
                 checkpoint.config = config;
                 Trainer::resume(checkpoint, data.epoch_len(), device)?
             }
             None => Trainer::new(config, data.epoch_len(), device),
         };
+        trainer.source = Some(source);
         if let Some(init) = &self.init {
             let source = match Path::new(init) {
                 path if path.exists() => WeightsSource::File(path),
@@ -330,7 +406,7 @@ impl TrainJob {
     /// and the VAE is returned to decode the sample grids.
     fn load_clips(&self, config: &TrainConfig) -> Result<VideoData> {
         let model = &config.model;
-        let class_names = self.preset.dataset().class_names();
+        let class_names = self.preset().dataset().class_names();
         let vae = match &config.vae {
             Some(name) => Some(video_vae(name, model.in_channels)?),
             None if model.in_channels != 1 => bail!(
@@ -420,7 +496,7 @@ impl TrainJob {
 
     /// The explicit path, else the preset's fetched dataset under data/, else the built-in subset.
     fn find_dataset(&self, config: &TrainConfig) -> Result<ImageDataset> {
-        let kind = self.preset.dataset();
+        let kind = self.preset().dataset();
         if let Some(path) = &self.data {
             let is_idx = mnist_files(path, Split::Train).is_ok();
             return Ok(if is_idx {
@@ -434,11 +510,11 @@ impl TrainJob {
                 .with_context(|| format!("reading training images from {}", path.display()))?
             });
         }
-        let fetched = self.preset.fetched_dir();
+        let fetched = self.preset().fetched_dir();
         if mnist_files(fetched, Split::Train).is_ok() {
             return Ok(load_mnist_dir(fetched, kind, Split::Train)?);
         }
-        match self.preset {
+        match self.preset() {
             TrainPreset::Mnist => {
                 println!(
                     "data/mnist not found: using the built-in MNIST subset (`acdit data fetch mnist` gets all 60,000)"
@@ -583,7 +659,7 @@ mod tests {
 
     fn resume_job(checkpoint: PathBuf, out: PathBuf, overrides: TrainOverrides) -> TrainJob {
         TrainJob {
-            preset: TrainPreset::Mnist,
+            preset: None,
             config_file: None,
             data: None,
             resume: Some(checkpoint),
@@ -672,10 +748,88 @@ mod tests {
         assert!(message.contains("--lr"), "{message}");
     }
 
+    /// A folder of `n` grey 8x8 PNGs in the classes a, b and c.
+    fn image_folder(dir: &Path, n: usize) -> PathBuf {
+        for i in 0..n {
+            let class = dir.join(["a", "b", "c"][i % 3]);
+            std::fs::create_dir_all(&class).unwrap();
+            image::GrayImage::from_fn(8, 8, |x, y| image::Luma([(x * 30 + y * i as u32) as u8]))
+                .save(class.join(format!("{i}.png")))
+                .unwrap();
+        }
+        dir.to_path_buf()
+    }
+
+    #[test]
+    fn a_resume_reads_its_runs_data_and_continues_in_its_folder() {
+        let temp = tempfile::tempdir().unwrap();
+        let device = Device::flex().autodiff();
+        let data = image_folder(&temp.path().join("six"), 6);
+        let config_file = temp.path().join("train.toml");
+        let (config, _) = crate::train::tests::tiny_run(2);
+        std::fs::write(&config_file, toml::to_string(&config).unwrap()).unwrap();
+        let run = temp.path().join("run");
+        TrainJob {
+            preset: None,
+            config_file: Some(config_file),
+            data: Some(data.clone()),
+            resume: None,
+            init: None,
+            out: Some(run.clone()),
+            overrides: TrainOverrides::default(),
+            vae: None,
+        }
+        .run(&device)
+        .unwrap();
+        let checkpoint = run.join("checkpoint.safetensors");
+        let recorded = Checkpoint::load(&checkpoint).unwrap().source.unwrap();
+        assert_eq!(recorded.path.as_deref(), Some(data.as_path()));
+        assert_eq!((recorded.preset.as_str(), recorded.items), ("mnist", 6));
+
+        let resume = |steps: u64| TrainJob {
+            preset: None,
+            config_file: None,
+            data: None,
+            resume: Some(checkpoint.clone()),
+            init: None,
+            out: None,
+            overrides: TrainOverrides {
+                steps: Some(steps),
+                ..TrainOverrides::default()
+            },
+            vae: None,
+        };
+        resume(3).run(&device).unwrap();
+        let resumed = Checkpoint::load(&checkpoint).unwrap();
+        assert_eq!(
+            resumed.progress.step, 3,
+            "the run went on in its own folder"
+        );
+        assert_eq!(resumed.source.unwrap(), recorded);
+
+        let nine = image_folder(&temp.path().join("nine"), 9);
+        let other_data = TrainJob {
+            data: Some(nine),
+            ..resume(4)
+        };
+        let message = other_data.run(&device).unwrap_err().to_string();
+        assert!(
+            message.contains("trained on 6 items") && message.contains("has 9"),
+            "{message}"
+        );
+        let other_preset = TrainJob {
+            preset: Some(TrainPreset::FashionMnist),
+            ..resume(4)
+        };
+        let message = other_preset.run(&device).unwrap_err().to_string();
+        assert!(message.contains("--preset fashion-mnist"), "{message}");
+        assert_eq!(Checkpoint::load(&checkpoint).unwrap().progress.step, 3);
+    }
+
     #[test]
     fn the_run_folder_defaults_to_the_preset_name() {
         let job = TrainJob {
-            preset: TrainPreset::FashionMnist,
+            preset: Some(TrainPreset::FashionMnist),
             config_file: None,
             data: None,
             resume: None,

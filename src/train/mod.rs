@@ -25,7 +25,7 @@ use crate::model::weights::cast_in_graph;
 use ema::Ema;
 use lr::{LrSchedule, learning_rate};
 use optim::{AdamW, AdamWSettings};
-use state::{Checkpoint, DataPosition, Progress, RngState};
+use state::{Checkpoint, DataPosition, DataSource, Progress, RngState};
 
 /// Everything a training run is configured by; saved in every checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -260,6 +260,8 @@ pub struct Trainer {
     pub ema: Ema,
     pub step: u64,
     pub seconds: f64,
+    /// What the run trains on, for its checkpoints; the job that loads the data sets it.
+    pub source: Option<DataSource>,
     rng: ChaCha8Rng,
     data: DataPosition,
     order: Vec<usize>,
@@ -295,6 +297,7 @@ impl Trainer {
             config,
             step: 0,
             seconds: 0.0,
+            source: None,
             bad_in_a_row: 0,
         }
     }
@@ -346,6 +349,7 @@ impl Trainer {
             config,
             step: progress.step,
             seconds: progress.seconds,
+            source: checkpoint.source,
             bad_in_a_row: 0,
         })
     }
@@ -461,6 +465,7 @@ impl Trainer {
                 data: self.data,
                 seconds: self.seconds,
             },
+            source: self.source.clone(),
             model: self.model.to_tensors(),
             ema: self.ema.model.to_tensors(),
             optimizer: self.optimizer.state_tensors(),

@@ -3,10 +3,10 @@
 //!
 //! Tensors: `model.<name>` and `ema.<name>` under the reference's names and layouts, and the
 //! optimizer's `adam.m.<name>` / `adam.v.<name>`. Metadata: the training config, the step, the
-//! optimizer's step count, the random generator's position and the data position.
+//! optimizer's step count, the random generator's position, the data position and what the data is.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use rand_chacha::ChaCha8Rng;
@@ -59,9 +59,22 @@ pub struct Progress {
     pub seconds: f64,
 }
 
+/// What a run trains on, recorded in its checkpoints so that a resume reads the same data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataSource {
+    /// The preset whose dataset is read when `path` is None, and whose names label the classes.
+    pub preset: String,
+    /// `--data` as given.
+    pub path: Option<PathBuf>,
+    /// Items in an epoch: data of another size would be shuffled in another order.
+    pub items: usize,
+}
+
 pub struct Checkpoint {
     pub config: TrainConfig,
     pub progress: Progress,
+    /// None in checkpoints written before the data was recorded.
+    pub source: Option<DataSource>,
     pub model: NamedTensors,
     pub ema: NamedTensors,
     pub optimizer: NamedTensors,
@@ -82,7 +95,7 @@ impl Checkpoint {
             .chain(prefixed("ema", &self.ema))
             .chain(self.optimizer.clone())
             .collect();
-        let metadata = BTreeMap::from([
+        let mut metadata = BTreeMap::from([
             ("format".to_string(), FORMAT.to_string()),
             (
                 "train_config".to_string(),
@@ -97,6 +110,9 @@ impl Checkpoint {
                 serde_json::to_string(&self.progress)?,
             ),
         ]);
+        if let Some(source) = &self.source {
+            metadata.insert("data_source".to_string(), serde_json::to_string(source)?);
+        }
         write_safetensors_atomic(path, &tensors, Some(metadata))
             .with_context(|| format!("writing checkpoint {}", path.display()))
     }
@@ -119,6 +135,11 @@ impl Checkpoint {
             .with_context(|| format!("{}: bad train_config", path.display()))?;
         let progress: Progress = serde_json::from_str(field("progress")?)
             .with_context(|| format!("{}: bad progress", path.display()))?;
+        let source = metadata
+            .get("data_source")
+            .map(|json| serde_json::from_str(json))
+            .transpose()
+            .with_context(|| format!("{}: bad data_source", path.display()))?;
         let (mut model, mut ema, mut optimizer) = (
             NamedTensors::new(),
             NamedTensors::new(),
@@ -137,6 +158,7 @@ impl Checkpoint {
         Ok(Self {
             config,
             progress,
+            source,
             model,
             ema,
             optimizer,

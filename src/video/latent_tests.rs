@@ -73,7 +73,7 @@ fn train_job(dir: &Path, config: &TrainConfig, data: &Path) -> TrainJob {
     let config_file = dir.join("train.toml");
     std::fs::write(&config_file, toml::to_string(config).unwrap()).unwrap();
     TrainJob {
-        preset: TrainPreset::MovingMnist,
+        preset: Some(TrainPreset::MovingMnist),
         config_file: Some(config_file),
         data: Some(data.to_path_buf()),
         resume: None,
