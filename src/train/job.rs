@@ -283,7 +283,7 @@ impl TrainJob {
     /// unless `self.data` says where that is now.
     fn reading(&self, source: &DataSource) -> Result<Self> {
         use crate::choice::Choice;
-        let checkpoint = self.resume.as_deref().unwrap_or(Path::new("")).display();
+        let checkpoint = self.resumed_name();
         let recorded = TrainPreset::from_name(&source.preset).with_context(|| {
             format!(
                 "{checkpoint}: data_source names an unknown preset {:?}",
@@ -308,6 +308,13 @@ impl TrainJob {
             data,
             ..self.clone()
         })
+    }
+
+    /// The checkpoint a resume continues, for messages.
+    fn resumed_name(&self) -> String {
+        self.resume
+            .as_deref()
+            .map_or_else(String::new, |path| path.display().to_string())
     }
 
     fn train(
@@ -358,7 +365,7 @@ impl TrainJob {
                 {
                     bail!(
                         "{}: the run trained on {} items, but {} has {}: a resume must read the same data",
-                        self.resume.as_deref().unwrap_or(Path::new("")).display(),
+                        self.resumed_name(),
                         recorded.items,
                         source.path.as_deref().map_or_else(
                             || format!("the {} preset's data", source.preset),
