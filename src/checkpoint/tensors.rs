@@ -175,7 +175,6 @@ impl SafetensorsFile {
         }
     }
 
-    /// Any float or integer tensor, converted to f32.
     /// Every tensor, as f32.
     pub fn f32_tensors(&self) -> Result<NamedTensors, CheckpointError> {
         self.names()
@@ -184,6 +183,7 @@ impl SafetensorsFile {
             .collect()
     }
 
+    /// Any float or integer tensor, converted to f32.
     pub fn f32(&self, name: &str) -> Result<HostTensor, CheckpointError> {
         let (info, bytes) = self.raw(name)?;
         let data = decode_f32(info.dtype, bytes)
