@@ -557,7 +557,8 @@ struct TrainArgs {
     #[arg(long)]
     config: Option<PathBuf>,
     /// IDX files (MNIST layout), a folder of class subfolders, or a latent folder from
-    /// `acdit cache-latents` (which picks the latent recipe). Default: the preset's dataset
+    /// `acdit cache-latents` (which picks the latent recipe; with `--preset moving-mnist`, that
+    /// preset's image stage). Default: the preset's dataset
     /// under data/, else the MNIST subset built into the binary; a resume: its run's data
     /// (--data then says where that data is now).
     #[arg(long)]

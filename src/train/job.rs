@@ -27,8 +27,8 @@ use crate::video::training::{ClipSet, EncodedClips, GeneratedClips};
 /// Generated clips counted as one epoch: only when the data order reshuffles depends on it.
 const GENERATED_EPOCH: usize = 10_000;
 /// Generated clips a latent video run encodes once (2 minutes on 2 cores at the preset) rather
-/// than running the encoder in every step (a sixth of the step): 2,200 steps of 8 see each
-/// about twice.
+/// than running the encoder in every step (three quarters of a step at patch 2): 8,000 steps
+/// of 8 see each 8 times.
 pub const ENCODED_CLIPS: usize = 8000;
 
 /// A training recipe by name.
@@ -150,7 +150,8 @@ pub struct TrainJob {
     /// A training config (JSON or TOML) instead of the preset's.
     pub config_file: Option<PathBuf>,
     /// IDX files, a folder of class subfolders, or a latent folder from `acdit cache-latents`
-    /// (which sets the model, unless `config_file` does); default: the preset's fetched
+    /// (which sets the model, unless `config_file` does: the latent recipe, or with the
+    /// moving-mnist preset its first, image stage); default: the preset's fetched
     /// dataset, else the MNIST subset built into the binary. A resume reads its run's data
     /// unless this names where that data is now.
     pub data: Option<PathBuf>,
@@ -211,6 +212,9 @@ impl TrainJob {
         let Some(path) = &self.resume else {
             let mut config = match (&self.config_file, self.latent_data()) {
                 (Some(path), _) => TrainConfig::from_file(path)?,
+                (None, Some(_)) if self.preset == Some(TrainPreset::MovingMnist) => {
+                    TrainConfig::moving_mnist_frames()
+                }
                 (None, Some(dir)) => {
                     let manifest = LatentManifest::read(dir)?;
                     TrainConfig::latent(manifest.latent_shape, manifest.class_names.len())
@@ -848,5 +852,50 @@ mod tests {
         assert_eq!(job.out_dir(), Path::new("runs/fashion-mnist"));
         let resolved = job.resolve().unwrap();
         assert_eq!(resolved.config, TrainConfig::fashion_mnist());
+    }
+
+    /// A latent folder picks the latent recipe, and with the moving-mnist preset that recipe's
+    /// image stage, whose tokens are the video model's so that `--init` carries every weight.
+    #[test]
+    fn a_latent_folder_with_the_moving_mnist_preset_trains_its_image_stage() {
+        let temp = tempfile::tempdir().unwrap();
+        LatentManifest {
+            format: crate::latents::manifest::FORMAT.to_string(),
+            vae: "moving-mnist".to_string(),
+            scaling_factor: 1.0,
+            resolution: 32,
+            flip: false,
+            shard_size: 1,
+            items: 1,
+            latent_shape: [4, 8, 8],
+            class_names: (0..10).map(|c| c.to_string()).collect(),
+            sources: String::new(),
+        }
+        .write(temp.path())
+        .unwrap();
+        let job = |preset| TrainJob {
+            preset,
+            config_file: None,
+            data: Some(temp.path().to_path_buf()),
+            resume: None,
+            init: None,
+            out: None,
+            overrides: TrainOverrides::default(),
+            vae: None,
+        };
+        let frames = job(Some(TrainPreset::MovingMnist))
+            .resolve()
+            .unwrap()
+            .config;
+        assert_eq!(frames, TrainConfig::moving_mnist_frames());
+        let (image, video) = (&frames.model, &TrainConfig::moving_mnist().model);
+        assert_eq!(image.temporal_len, 1);
+        assert_eq!(
+            (image.patch_size, image.spatial_len, image.hidden_size),
+            (video.patch_size, video.spatial_len, video.hidden_size)
+        );
+        let latent = job(None).resolve().unwrap().config;
+        assert_eq!(latent, TrainConfig::latent([4, 8, 8], 10));
+        assert_ne!(latent.model.patch_size, image.patch_size);
     }
 }
