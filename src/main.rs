@@ -558,9 +558,9 @@ struct TrainArgs {
     config: Option<PathBuf>,
     /// IDX files (MNIST layout), a folder of class subfolders, or a latent folder from
     /// `acdit cache-latents` (which picks the latent recipe; with `--preset moving-mnist`, that
-    /// preset's image stage). Default: the preset's dataset
-    /// under data/, else the MNIST subset built into the binary; a resume: its run's data
-    /// (--data then says where that data is now).
+    /// preset's image stage). Default: the preset's dataset under data/, else the MNIST subset
+    /// built into the binary; a resume: its run's data (--data then says where that data is
+    /// now).
     #[arg(long)]
     data: Option<PathBuf>,
     /// Continue a run from its checkpoint (only --steps may change its config).
