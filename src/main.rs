@@ -50,6 +50,17 @@ fn keep_freed_memory() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
 }
 
+/// Lets the process die of SIGPIPE when the reader of its output goes away (`acdit eval-video
+/// ... | head`), as Unix tools do: Rust ignores the signal, and `println!` then panics on the
+/// broken pipe.
+fn end_quietly_on_a_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// A clap parser for a library enum with named values; `--help` lists the names.
 fn choice<T: Choice + Clone + Send + Sync>() -> impl TypedValueParser<Value = T> {
     PossibleValuesParser::new(T::names())
@@ -723,6 +734,7 @@ struct BenchArgs {
 
 fn main() -> Result<()> {
     keep_freed_memory();
+    end_quietly_on_a_closed_pipe();
     match Cli::parse().command {
         Command::Sample(args) => sample(args),
         Command::Predict(args) => predict(args),

@@ -47,6 +47,29 @@ fn the_binary_alone_samples_the_built_in_model() {
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"));
 }
 
+/// A reader that goes away (`acdit ... | head`) ends the process as it ends any Unix tool, by
+/// SIGPIPE, not by a panic in the middle of a print. The pipe's read end is closed before the
+/// process starts, so its first print meets a broken pipe.
+#[cfg(unix)]
+#[test]
+fn a_closed_output_pipe_ends_the_process_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = Command::new(env!("CARGO_BIN_EXE_acdit"))
+        .args(["train", "--preset", "fashion-mnist", "--print-config"])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.signal(),
+        Some(libc::SIGPIPE),
+        "{}",
+        text(&output)
+    );
+    assert!(!text(&output).contains("panicked"), "{}", text(&output));
+}
+
 #[test]
 fn print_config_writes_the_resolved_config_as_toml() {
     let temp = tempfile::tempdir().unwrap();
