@@ -410,11 +410,10 @@ impl TrainJob {
     }
 
     /// Video training data: the clips of `--data` (with labels, of the model's frame count and
-    /// size), else one-digit Moving MNIST generated on the fly from the training digits, each
-    /// at a speed drawn from 0 up to the dataset's: still and slow clips teach the network to
-    /// carry the digit over, which clips at one speed alone did not (docs/video/trials.md). A
-    /// model in a VAE's latents gets the clips encoded once ([`ENCODED_CLIPS`] generated ones),
-    /// and the VAE is returned to decode the sample grids.
+    /// size), else one-digit Moving MNIST generated on the fly from the training digits, at the
+    /// original dataset's one speed (a tenth of the free range, as the test clips move). A model
+    /// in a VAE's latents gets the clips encoded once ([`ENCODED_CLIPS`] generated ones), and the
+    /// VAE is returned to decode the sample grids.
     fn load_clips(&self, config: &TrainConfig) -> Result<VideoData> {
         let model = &config.model;
         let class_names = self.preset().dataset().class_names();
@@ -439,19 +438,17 @@ impl TrainJob {
                 let spec = MovingMnistSpec {
                     frames: model.temporal_len,
                     digits: 1,
-                    min_speed: 0.0,
                     ..MovingMnistSpec::srivastava().at_size(side)
                 };
                 spec.validate()?;
                 let described = format!(
-                    "one-digit Moving MNIST ({} frames of {}x{}, {}x{} digits from {} training digits, {} to {} pixels a frame)",
+                    "one-digit Moving MNIST ({} frames of {}x{}, {}x{} digits from {} training digits, {} pixels a frame)",
                     spec.frames,
                     spec.size,
                     spec.size,
                     spec.digit_size,
                     spec.digit_size,
                     digits.n,
-                    spec.min_speed,
                     spec.speed
                 );
                 let Some(vae) = vae else {
