@@ -78,13 +78,14 @@ impl TrainConfig {
     /// The Moving MNIST recipe: one-digit clips of 8 frames of 32x32 (digits drawn at 16x16 so
     /// that they have room to move), drawn in the latents of the built-in frame VAE (`acdit
     /// train-vae`: 8x8 latents of 4 channels a frame, whose decoder renders the strokes), patch 2
-    /// (16 tokens a frame), one frame a block, hidden 128, depth 4; batch 8, 8,000 steps at 2e-3,
+    /// (16 tokens a frame), one frame a block, hidden 128, depth 4; batch 4, 16,000 steps at 2e-3,
     /// from the image model of [`Self::moving_mnist_frames`] (`--init`), so that the run spends
     /// its time on motion rather than on drawing digits. A digit moves by part of a token a
     /// frame, which attention alone follows slowly, so two local additions start at zero: the
     /// embedding also reads each token's 8 neighbours (`neighbour_embedding`), and every MLP
     /// convolves each frame's token grid (`mlp_frame_conv`). Patch 2 rather than the paper's 1:
-    /// a step costs a fifth, and within the hour more steps pay more than more tokens
+    /// a step costs a fifth, and within the hour more steps pay more than more tokens; batch 4
+    /// for the same reason: twice the steps of batch 8 in the same time, a lower error
     /// (docs/video/trials.md).
     pub fn moving_mnist() -> Self {
         Self {
@@ -103,8 +104,8 @@ impl TrainConfig {
                 })
             },
             vae: Some("moving-mnist".to_string()),
-            batch_size: 8,
-            steps: 8000,
+            batch_size: 4,
+            steps: 16000,
             warmup_steps: 50,
             ..Self::fashion_mnist()
         }
