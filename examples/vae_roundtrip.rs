@@ -11,7 +11,7 @@ use std::path::Path;
 use acdit::vae::NamedVae;
 use acdit::video::clips::{ClipLayout, read_clips, write_clips};
 use acdit::video::output::clips_from_pixels;
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 
 /// Frames encoded or decoded at once.
@@ -27,32 +27,16 @@ fn main() -> Result<()> {
     let clips = read_clips(Path::new(clips_path), ClipLayout::Nfhw)?;
     let n: usize = args.get(3).map_or(Ok(clips.n), |a| a.parse())?;
     let frames: usize = args.get(4).map_or(Ok(clips.frames), |a| a.parse())?;
-    if n > clips.n || frames > clips.frames {
-        bail!(
-            "{clips_path} holds {} clips of {} frames: {n} of {frames} asked",
-            clips.n,
-            clips.frames
-        );
-    }
-    let (h, w) = (clips.height, clips.width);
-    let frame_len = h * w;
-    let kept: Vec<u8> = (0..n)
-        .flat_map(|i| {
-            let first = i * clips.frames * frame_len;
-            clips.clips[first..first + frames * frame_len]
-                .iter()
-                .copied()
-        })
-        .collect();
-    let latents = vae.encode_frames(&kept, [h, w], BATCH)?;
+    let kept = clips.head(n, frames).with_context(|| clips_path.clone())?;
+    let (h, w) = (kept.height, kept.width);
+    let latents = vae.encode_frames(&kept.clips, [h, w], BATCH)?;
     let config = vae.vae.config();
     let down = config.downsampling();
     let shape = [n * frames, config.latent_channels, h / down, w / down];
     let (pixels, _) = vae.decode_latents(&latents, shape, BATCH)?;
-    let labels = clips.labels.as_ref().map(|l| l[..n].to_vec());
     write_clips(
         Path::new(out),
-        &clips_from_pixels(&pixels, [n, frames, h, w], labels)?,
+        &clips_from_pixels(&pixels, kept.shape(), kept.labels)?,
     )?;
     Ok(())
 }
