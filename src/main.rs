@@ -410,8 +410,9 @@ impl ModelArgs {
 /// How each block is denoised.
 #[derive(Args)]
 struct GenerationArgs {
-    /// Classifier-free guidance scale (1 = none) [default: the paper's for a release checkpoint,
-    /// 1.5 for images and 2.5 for video; else 3].
+    /// Classifier-free guidance scale (1 = none) [default: the one the weights record (their
+    /// training run's: 4 for the built-in moving-mnist), the paper's for a release checkpoint
+    /// (1.5 for images, 2.5 for video); else 3].
     #[arg(long, visible_alias = "guidance-scale")]
     cfg: Option<f64>,
     /// Denoising steps per block.
@@ -617,6 +618,8 @@ struct TrainArgs {
     grad_clip: Option<f64>,
     #[arg(long, help = with_preset_values("EMA decay of the sampled weights", |c| c.ema_decay.to_string()))]
     ema_decay: Option<f64>,
+    #[arg(long, help = with_preset_values("Guidance scale of the sample grids, recorded in the weights as the one sample and predict use", |c| c.guidance.to_string()))]
+    guidance: Option<f64>,
     #[arg(long, help = with_preset_values("Seed of initialisation, data order and noise", |c| c.seed.to_string()))]
     seed: Option<u64>,
     #[arg(long, help = with_preset_values("Steps between checkpoints", |c| c.checkpoint_every.to_string()))]
@@ -966,6 +969,7 @@ fn train(args: TrainArgs) -> Result<()> {
             warmup_steps: args.warmup_steps,
             grad_clip: args.grad_clip,
             ema_decay: args.ema_decay,
+            guidance: args.guidance,
             seed: args.seed,
             checkpoint_every: args.checkpoint_every,
             sample_every: args.sample_every,

@@ -230,8 +230,9 @@ fn sample_chunk(
 pub struct SamplingModel {
     pub model: Acdit,
     pub class_names: Vec<String>,
-    /// The guidance scale used unless asked otherwise: the paper's (1.5 for images, 2.5 for
-    /// video) for a release checkpoint, else [`crate::diffusion::blockwise::DEFAULT_GUIDANCE`].
+    /// The guidance scale used unless asked otherwise: the one the weights record (our training
+    /// runs write theirs), the paper's (1.5 for images, 2.5 for video) for a release checkpoint,
+    /// else [`crate::diffusion::blockwise::DEFAULT_GUIDANCE`].
     pub guidance: f64,
     /// The VAE the weights' file names (our latent models record it).
     pub recorded_vae: Option<String>,

@@ -67,7 +67,8 @@ pub struct LoadedWeights {
     pub config: ModelConfig,
     pub tensors: NamedTensors,
     pub class_names: Option<Vec<String>>,
-    /// The guidance scale the file's makers sample with: the paper's for a release checkpoint.
+    /// The guidance scale the file's makers sample with: the one our training runs record, the
+    /// paper's for a release checkpoint.
     pub guidance: Option<f64>,
     /// The VAE whose latents the model makes, as our latent runs record it.
     pub vae: Option<String>,
@@ -97,7 +98,7 @@ pub fn load_weights(
                 config,
                 tensors: read.tensors,
                 class_names: read.class_names,
-                guidance: None,
+                guidance: read.guidance,
                 vae: read.vae,
             });
         }
@@ -126,11 +127,14 @@ pub fn load_weights(
             ModelConfig::from_reference_json(&beside)?
         }
     };
-    let guidance = read.from_release.then_some(if config.temporal_len > 1 {
+    let release_guidance = if config.temporal_len > 1 {
         RELEASE_VIDEO_GUIDANCE
     } else {
         RELEASE_IMAGE_GUIDANCE
-    });
+    };
+    let guidance = read
+        .guidance
+        .or(read.from_release.then_some(release_guidance));
     Ok(LoadedWeights {
         config,
         tensors: read.tensors,
@@ -151,6 +155,7 @@ struct FileWeights {
     config: Option<ModelConfig>,
     class_names: Option<Vec<String>>,
     vae: Option<String>,
+    guidance: Option<f64>,
     /// A torch checkpoint with the release's `args`.
     from_release: bool,
 }
@@ -183,6 +188,7 @@ fn read_torch_weights(path: &Path, kind: WeightsKind, want_config: bool) -> Resu
         config,
         class_names: None,
         vae: None,
+        guidance: None,
         from_release,
     })
 }
@@ -209,6 +215,20 @@ fn read_safetensors_weights(
         ),
         None => None,
     };
+    let guidance = match metadata.get("guidance") {
+        Some(text) => Some(
+            text.parse::<f64>()
+                .ok()
+                .filter(|g| *g >= 1.0 && g.is_finite())
+                .with_context(|| {
+                    format!(
+                        "{}: guidance metadata `{text}` is not a scale of at least 1",
+                        path.display()
+                    )
+                })?,
+        ),
+        None => None,
+    };
     let key = kind.name();
     let names = file.names();
     let prefix = format!("{key}.");
@@ -231,6 +251,7 @@ fn read_safetensors_weights(
         config,
         class_names,
         vae: metadata.get("vae").cloned(),
+        guidance,
         from_release: false,
     })
 }
@@ -241,7 +262,7 @@ mod tests {
     use crate::testing::conformance_dir;
 
     #[test]
-    fn release_checkpoints_carry_the_papers_guidance_and_ours_none() {
+    fn release_checkpoints_carry_the_papers_guidance_and_ours_their_runs() {
         for (folder, guidance) in [
             ("img_tiny", RELEASE_IMAGE_GUIDANCE),
             ("vid_tiny", RELEASE_VIDEO_GUIDANCE),
@@ -254,6 +275,39 @@ mod tests {
         let loaded =
             load_weights(WeightsSource::BuiltIn(built_in), WeightsKind::Ema, None).unwrap();
         assert_eq!((loaded.guidance, loaded.vae), (None, None));
+        let built_in = built_in_model("moving-mnist").unwrap();
+        let loaded =
+            load_weights(WeightsSource::BuiltIn(built_in), WeightsKind::Ema, None).unwrap();
+        assert_eq!(
+            loaded.guidance,
+            Some(crate::train::TrainConfig::moving_mnist().guidance)
+        );
+    }
+
+    #[test]
+    fn bad_guidance_metadata_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let tensors = NamedTensors::from([(
+            "w".to_string(),
+            crate::checkpoint::tensors::HostTensor {
+                shape: vec![1],
+                data: vec![0.0],
+            },
+        )]);
+        for bad in ["abc", "0.5", "NaN"] {
+            let path = dir.path().join("weights.safetensors");
+            let metadata = [("guidance".to_string(), bad.to_string())].into();
+            crate::checkpoint::tensors::write_safetensors_atomic(&path, &tensors, Some(metadata))
+                .unwrap();
+            let message = load_weights(WeightsSource::File(&path), WeightsKind::Ema, None)
+                .err()
+                .map(|e| format!("{e:#}"))
+                .unwrap_or_default();
+            assert!(
+                message.contains("weights.safetensors") && message.contains(bad),
+                "{bad}: {message}"
+            );
+        }
     }
 
     #[test]

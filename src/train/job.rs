@@ -83,6 +83,7 @@ pub struct TrainOverrides {
     pub warmup_steps: Option<u64>,
     pub grad_clip: Option<f64>,
     pub ema_decay: Option<f64>,
+    pub guidance: Option<f64>,
     pub seed: Option<u64>,
     pub checkpoint_every: Option<u64>,
     pub sample_every: Option<u64>,
@@ -116,6 +117,9 @@ impl TrainOverrides {
         if let Some(v) = self.ema_decay {
             config.ema_decay = v;
         }
+        if let Some(v) = self.guidance {
+            config.guidance = v;
+        }
         if let Some(v) = self.precision {
             config.precision = v;
         }
@@ -131,6 +135,7 @@ impl TrainOverrides {
             ("--warmup-steps", self.warmup_steps.is_some()),
             ("--grad-clip", self.grad_clip.is_some()),
             ("--ema-decay", self.ema_decay.is_some()),
+            ("--guidance", self.guidance.is_some()),
             ("--seed", self.seed.is_some()),
             ("--checkpoint-every", self.checkpoint_every.is_some()),
             ("--sample-every", self.sample_every.is_some()),

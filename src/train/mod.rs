@@ -61,6 +61,14 @@ pub struct TrainConfig {
     /// samples decoded. `None` for pixels; latent image folders name theirs in their manifest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vae: Option<String>,
+    /// The classifier-free guidance scale of the run's sample grids, recorded in its weights as
+    /// the one `sample` and `predict` use unless `--cfg` says otherwise.
+    #[serde(default = "default_guidance")]
+    pub guidance: f64,
+}
+
+fn default_guidance() -> f64 {
+    crate::diffusion::blockwise::DEFAULT_GUIDANCE
 }
 
 impl TrainConfig {
@@ -85,8 +93,9 @@ impl TrainConfig {
     /// embedding also reads each token's 8 neighbours (`neighbour_embedding`), and every MLP
     /// convolves each frame's token grid (`mlp_frame_conv`). Patch 2 rather than the paper's 1:
     /// a step costs a fifth, and within the hour more steps pay more than more tokens; batch 4
-    /// for the same reason: twice the steps of batch 8 in the same time, a lower error
-    /// (docs/video/trials.md).
+    /// for the same reason: twice the steps of batch 8 in the same time, a lower error. Sampled
+    /// at guidance 4, which the weights record: it keeps more digits their class than 3, within
+    /// the MSE aim (docs/video/trials.md).
     pub fn moving_mnist() -> Self {
         Self {
             model: ModelConfig {
@@ -104,6 +113,7 @@ impl TrainConfig {
                 })
             },
             vae: Some("moving-mnist".to_string()),
+            guidance: 4.0,
             batch_size: 4,
             steps: 16000,
             warmup_steps: 50,
@@ -152,6 +162,7 @@ impl TrainConfig {
             max_bad_steps: 20,
             precision: crate::device::Precision::F32,
             vae: None,
+            guidance: default_guidance(),
         }
     }
 
@@ -193,6 +204,9 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&self.ema_decay) {
             return Err(invalid("ema_decay", "must be in [0, 1)"));
+        }
+        if !(self.guidance >= 1.0 && self.guidance.is_finite()) {
+            return Err(invalid("guidance", "must be at least 1 (1 = no guidance)"));
         }
         if !(0.0..=1.0).contains(&self.decay_fraction) {
             return Err(invalid("decay_fraction", "must be in [0, 1]"));
@@ -526,6 +540,19 @@ mod tests {
             class_names: vec!["a".into(), "b".into(), "c".into()],
         };
         (config, dataset)
+    }
+
+    #[test]
+    fn a_guidance_below_one_is_refused_by_name() {
+        for bad in [0.5, f64::NAN, f64::INFINITY] {
+            let config = TrainConfig {
+                guidance: bad,
+                ..TrainConfig::moving_mnist()
+            };
+            let message = config.validate().unwrap_err().to_string();
+            assert!(message.contains("guidance"), "{bad}: {message}");
+        }
+        assert!(TrainConfig::moving_mnist().validate().is_ok());
     }
 
     /// bf16 compute through a cast of the f32 weights: the weights, moments and EMA stay

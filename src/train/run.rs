@@ -179,6 +179,7 @@ fn save(
             serde_json::to_string(dataset.class_names())?,
         ),
         ("step".to_string(), trainer.step.to_string()),
+        ("guidance".to_string(), trainer.config.guidance.to_string()),
     ]);
     if let Some(vae) = vae {
         metadata.insert("vae".to_string(), vae.name.clone());
@@ -204,14 +205,11 @@ fn write_sample_grid(
     let labels: Vec<i64> = (0..config.num_classes as i64)
         .flat_map(|c| std::iter::repeat_n(c, per_class))
         .collect();
-    let pixels = sample_images(
-        model,
-        &labels,
-        &Generation::default(),
-        0,
-        labels.len(),
-        &mut Quiet,
-    );
+    let generation = Generation {
+        cfg: trainer.config.guidance,
+        ..Generation::default()
+    };
+    let pixels = sample_images(model, &labels, &generation, 0, labels.len(), &mut Quiet);
     let class_names = dataset.class_names();
     let names: Vec<&str> = labels
         .iter()

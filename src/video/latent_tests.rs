@@ -14,7 +14,7 @@ use crate::checkpoint::load::{WeightsKind, WeightsSource};
 use crate::config::{ModelConfig, VideoShape};
 use crate::data::idx::{Split, embedded_mnist};
 use crate::data::{TrainingSet, scale};
-use crate::diffusion::blockwise::Generation;
+use crate::diffusion::blockwise::{DEFAULT_GUIDANCE, Generation};
 use crate::sampling::{SampleJob, load_model, run_job};
 use crate::train::TrainConfig;
 use crate::train::job::{TrainJob, TrainOverrides, TrainPreset};
@@ -153,6 +153,9 @@ fn a_latent_video_run_records_its_vae_and_predicts_and_samples_through_it() {
         Some(vae.as_str())
     );
     assert_eq!(sampling.frame_side(), 16);
+    // Sampling defaults to the guidance the run was configured with.
+    assert_eq!(sampling.guidance, TrainConfig::moving_mnist().guidance);
+    assert_ne!(sampling.guidance, DEFAULT_GUIDANCE);
 
     let generation = Generation {
         steps: 2,
