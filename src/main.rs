@@ -735,6 +735,20 @@ struct BenchArgs {
     device: DeviceArg,
 }
 
+/// Runs a training job on a worker of rayon's pool. Parallel loops started from a worker share
+/// their work with the thread that started them; started from outside the pool, each wakes the
+/// workers and puts the caller to sleep until they finish. On 2 cores a training step of the
+/// video preset ran 1.4 times and one of `train-vae` 1.5 times as fast this way. Sampling stays
+/// on the main thread: on a worker it measured slower (cached video sampling 26 against 39.5
+/// frames/s), for a reason not yet found. The workers get the main thread's 8 MiB of stack.
+fn on_a_pool_worker<R: Send>(job: impl FnOnce() -> R + Send) -> R {
+    // Fails only if the pool already exists, which then serves as well.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .stack_size(8 << 20)
+        .build_global();
+    rayon::scope(|_| job())
+}
+
 fn main() -> Result<()> {
     keep_freed_memory();
     end_quietly_on_a_closed_pipe();
@@ -753,7 +767,7 @@ fn main() -> Result<()> {
             .run()?;
             Ok(())
         }
-        Command::Train(args) => train(args),
+        Command::Train(args) => on_a_pool_worker(|| train(args)),
         Command::Data {
             command: DataCommand::Fetch { dataset, dir },
         } => {
@@ -810,13 +824,14 @@ fn main() -> Result<()> {
             device: with_precision(args.device.device()?, args.dtype)?,
         }),
         Command::TrainVae(args) => {
-            let report = FrameVaeJob {
+            let device = args.device.device()?.autodiff();
+            let job = FrameVaeJob {
                 frames: args.frames,
                 steps: args.steps,
                 seed: args.seed,
                 out: args.out.clone(),
-            }
-            .run(&args.device.device()?.autodiff())?;
+            };
+            let report = on_a_pool_worker(|| job.run(&device))?;
             println!(
                 "held-out reconstruction MSE {:.5} ([-1, 1] units), scaling factor {:.4} -> {}",
                 report.reconstruction_mse,
