@@ -737,10 +737,11 @@ struct BenchArgs {
 
 /// Runs a training job on a worker of rayon's pool. Parallel loops started from a worker share
 /// their work with the thread that started them; started from outside the pool, each wakes the
-/// workers and puts the caller to sleep until they finish. On 2 cores a training step of the
-/// video preset ran 1.4 times and one of `train-vae` 1.5 times as fast this way. Sampling stays
-/// on the main thread: on a worker it measured slower (cached video sampling 26 against 39.5
-/// frames/s), for a reason not yet found. The workers get the main thread's 8 MiB of stack.
+/// workers and puts the caller to sleep until they finish. On 2 cores the video preset's steps
+/// and a `train-vae` run were about 1.13 times as fast this way (docs/video/trials.md).
+/// Sampling stays on the main thread: on a worker it measured slower (cached video sampling 26
+/// against 39.5 frames/s), for a reason not yet found. The workers get the main thread's 8 MiB
+/// of stack.
 fn on_a_pool_worker<R: Send>(job: impl FnOnce() -> R + Send) -> R {
     // Fails only if the pool already exists, which then serves as well.
     let _ = rayon::ThreadPoolBuilder::new()
