@@ -219,7 +219,7 @@ fn read_safetensors_weights(
         Some(text) => Some(
             text.parse::<f64>()
                 .ok()
-                .filter(|g| *g >= 1.0 && g.is_finite())
+                .filter(|g| crate::diffusion::blockwise::is_guidance_scale(*g))
                 .with_context(|| {
                     format!(
                         "{}: guidance metadata `{text}` is not a scale of at least 1",

@@ -14,6 +14,11 @@ use crate::model::cache::KvCache;
 /// figures use 1.5.
 pub const DEFAULT_GUIDANCE: f64 = 3.0;
 
+/// Whether `scale` can be a guidance scale: finite and at least 1 (1 = no guidance).
+pub fn is_guidance_scale(scale: f64) -> bool {
+    scale.is_finite() && scale >= 1.0
+}
+
 /// How to generate.
 #[derive(Debug, Clone)]
 pub struct Generation {

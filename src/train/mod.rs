@@ -205,7 +205,7 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.ema_decay) {
             return Err(invalid("ema_decay", "must be in [0, 1)"));
         }
-        if !(self.guidance >= 1.0 && self.guidance.is_finite()) {
+        if !crate::diffusion::blockwise::is_guidance_scale(self.guidance) {
             return Err(invalid("guidance", "must be at least 1 (1 = no guidance)"));
         }
         if !(0.0..=1.0).contains(&self.decay_fraction) {
