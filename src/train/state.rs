@@ -113,6 +113,12 @@ impl Checkpoint {
         if let Some(source) = &self.source {
             metadata.insert("data_source".to_string(), serde_json::to_string(source)?);
         }
+        // What the EMA file records for sampling, so that `sample --checkpoint` of a run's
+        // checkpoint decodes and guides as its EMA file does.
+        metadata.insert("guidance".to_string(), self.config.guidance.to_string());
+        if let Some(vae) = &self.config.vae {
+            metadata.insert("vae".to_string(), vae.clone());
+        }
         write_safetensors_atomic(path, &tensors, Some(metadata))
             .with_context(|| format!("writing checkpoint {}", path.display()))
     }
