@@ -138,27 +138,6 @@ fn a_latent_video_run_records_its_vae_and_predicts_and_samples_through_it() {
 
     let job = train_job(dir.path(), &latent_config(Some(vae.clone())), &data);
     job.run(&device.clone().autodiff()).unwrap();
-    // The EMA file and both copies in the training checkpoint decode through the run's VAE and
-    // default to the guidance the run was configured with.
-    for (file, kind) in [
-        ("ema.safetensors", WeightsKind::Ema),
-        ("checkpoint.safetensors", WeightsKind::Ema),
-        ("checkpoint.safetensors", WeightsKind::Model),
-    ] {
-        let weights = dir.path().join("run").join(file);
-        let sampling = load_model(WeightsSource::File(&weights), kind, None, &device)
-            .unwrap()
-            .with_vae(None, &device)
-            .unwrap();
-        assert_eq!(
-            sampling.vae.as_ref().map(|v| v.name.as_str()),
-            Some(vae.as_str()),
-            "{file} {kind:?}"
-        );
-        assert_eq!(sampling.frame_side(), 16);
-        assert_eq!(sampling.guidance, TrainConfig::moving_mnist().guidance);
-        assert_ne!(sampling.guidance, DEFAULT_GUIDANCE);
-    }
     let weights = dir.path().join("run/ema.safetensors");
     let sampling = load_model(
         WeightsSource::File(&weights),
@@ -169,6 +148,28 @@ fn a_latent_video_run_records_its_vae_and_predicts_and_samples_through_it() {
     .unwrap()
     .with_vae(None, &device)
     .unwrap();
+    assert_eq!(
+        sampling.vae.as_ref().map(|v| v.name.as_str()),
+        Some(vae.as_str())
+    );
+    assert_eq!(sampling.frame_side(), 16);
+    // Sampling defaults to the guidance the run was configured with.
+    assert_eq!(sampling.guidance, TrainConfig::moving_mnist().guidance);
+    assert_ne!(sampling.guidance, DEFAULT_GUIDANCE);
+    // Both copies of the weights in the training checkpoint sample as the EMA file does.
+    let checkpoint = dir.path().join("run/checkpoint.safetensors");
+    for kind in [WeightsKind::Ema, WeightsKind::Model] {
+        let from_checkpoint = load_model(WeightsSource::File(&checkpoint), kind, None, &device)
+            .unwrap()
+            .with_vae(None, &device)
+            .unwrap();
+        assert_eq!(
+            from_checkpoint.vae.as_ref().map(|v| v.name.as_str()),
+            Some(vae.as_str()),
+            "{kind:?}"
+        );
+        assert_eq!(from_checkpoint.guidance, sampling.guidance, "{kind:?}");
+    }
 
     let generation = Generation {
         steps: 2,
