@@ -157,6 +157,21 @@ mod tests {
             .with_vae(None, &device)
             .unwrap();
         assert_eq!(model.class_names, ["cat", "dog"]);
+        // So does the run's training checkpoint, which records the same VAE.
+        let checkpoint = run.join("checkpoint.safetensors");
+        let from_checkpoint = load_model(
+            WeightsSource::File(&checkpoint),
+            WeightsKind::Ema,
+            None,
+            &device,
+        )
+        .unwrap()
+        .with_vae(None, &device)
+        .unwrap();
+        assert_eq!(
+            from_checkpoint.vae.as_ref().map(|v| v.name.as_str()),
+            model.vae.as_ref().map(|v| v.name.as_str())
+        );
         let out_dir = temp.path().join("samples");
         let job = SampleJob {
             classes: None,

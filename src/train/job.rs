@@ -666,7 +666,10 @@ mod tests {
             trainer.train_step(&dataset).unwrap();
         }
         let path = dir.join("checkpoint.safetensors");
-        trainer.checkpoint().save(&path).unwrap();
+        trainer
+            .checkpoint()
+            .save(&path, Default::default())
+            .unwrap();
         path
     }
 

@@ -613,7 +613,7 @@ mod tests {
         // tests running beside this one).
         Trainer::new(config, dataset.n, &device)
             .checkpoint()
-            .save(&start)
+            .save(&start, Default::default())
             .unwrap();
         let load = |path: &std::path::Path| {
             Trainer::resume(Checkpoint::load(path).unwrap(), dataset.n, &device).unwrap()
@@ -627,7 +627,10 @@ mod tests {
         for _ in 0..3 {
             first.train_step(&dataset).unwrap();
         }
-        first.checkpoint().save(&middle).unwrap();
+        first
+            .checkpoint()
+            .save(&middle, Default::default())
+            .unwrap();
         drop(first);
         let mut resumed = load(&middle);
         for _ in 0..3 {

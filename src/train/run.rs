@@ -168,8 +168,20 @@ fn save(
     dataset: &dyn TrainingSet,
     vae: Option<&NamedVae>,
 ) -> Result<()> {
-    trainer.checkpoint().save(&dir.checkpoint())?;
-    let mut metadata = std::collections::BTreeMap::from([
+    // How the weights sample (guidance, the VAE that decodes them), in both files, so that
+    // `sample --checkpoint` of the run's checkpoint does as its EMA file does.
+    let mut sampling = std::collections::BTreeMap::from([(
+        "guidance".to_string(),
+        trainer.config.guidance.to_string(),
+    )]);
+    if let Some(vae) = vae {
+        sampling.insert("vae".to_string(), vae.name.clone());
+    }
+    trainer
+        .checkpoint()
+        .save(&dir.checkpoint(), sampling.clone())?;
+    let mut metadata = sampling;
+    metadata.extend([
         (
             "model_config".to_string(),
             serde_json::to_string(&trainer.config.model)?,
@@ -179,11 +191,7 @@ fn save(
             serde_json::to_string(dataset.class_names())?,
         ),
         ("step".to_string(), trainer.step.to_string()),
-        ("guidance".to_string(), trainer.config.guidance.to_string()),
     ]);
-    if let Some(vae) = vae {
-        metadata.insert("vae".to_string(), vae.name.clone());
-    }
     write_safetensors_atomic(&dir.ema(), &trainer.ema_tensors(), Some(metadata))?;
     // Beside the weights, as in a hub model folder: what the weights are without opening them.
     let config = serde_json::to_string_pretty(&trainer.config.model)?;

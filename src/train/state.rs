@@ -90,12 +90,14 @@ fn prefixed(
 }
 
 impl Checkpoint {
-    pub fn save(&self, path: &Path) -> Result<()> {
+    /// Writes the checkpoint with `extra` metadata beside its own (what sampling reads).
+    pub fn save(&self, path: &Path, extra: BTreeMap<String, String>) -> Result<()> {
         let tensors: NamedTensors = prefixed("model", &self.model)
             .chain(prefixed("ema", &self.ema))
             .chain(self.optimizer.clone())
             .collect();
-        let mut metadata = BTreeMap::from([
+        let mut metadata = extra;
+        metadata.extend([
             ("format".to_string(), FORMAT.to_string()),
             (
                 "train_config".to_string(),
@@ -112,12 +114,6 @@ impl Checkpoint {
         ]);
         if let Some(source) = &self.source {
             metadata.insert("data_source".to_string(), serde_json::to_string(source)?);
-        }
-        // What the EMA file records for sampling, so that `sample --checkpoint` of a run's
-        // checkpoint decodes and guides as its EMA file does.
-        metadata.insert("guidance".to_string(), self.config.guidance.to_string());
-        if let Some(vae) = &self.config.vae {
-            metadata.insert("vae".to_string(), vae.clone());
         }
         write_safetensors_atomic(path, &tensors, Some(metadata))
             .with_context(|| format!("writing checkpoint {}", path.display()))
