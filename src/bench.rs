@@ -17,7 +17,7 @@ use crate::device::Precision;
 use crate::diffusion::blockwise::{Generation, Observer, Quiet};
 use crate::model::Acdit;
 use crate::sampling::sample_images;
-use crate::train::{TrainConfig, Trainer};
+use crate::train::{GRADIENT_SLICES, TrainConfig, Trainer};
 
 /// Which measurements to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,14 +86,20 @@ fn random_dataset(config: &ModelConfig, n: usize) -> ImageDataset {
 
 /// Training tokens/s of `config` at batch 16, counting the clean + noisy tokens of the
 /// reference's step (2 x seq_len an item; ours leaves out the last clean block, which cannot
-/// change the loss).
-pub fn bench_train(train: TrainConfig, device: &Device, steps: u64) -> Result<f64> {
+/// change the loss), with the batch's gradients computed in `gradient_slices` slices at once.
+pub fn bench_train(
+    train: TrainConfig,
+    device: &Device,
+    steps: u64,
+    gradient_slices: usize,
+) -> Result<f64> {
     let mut config = train;
     config.batch_size = 16;
     config.steps = steps + 2;
     config.warmup_steps = 0;
     let dataset = random_dataset(&config.model, 256);
     let mut trainer = Trainer::new(config, dataset.n, &device.clone().autodiff());
+    trainer.gradient_slices = gradient_slices;
     for _ in 0..2 {
         trainer.train_step(&dataset)?;
     }
@@ -157,7 +163,7 @@ pub fn run(job: &BenchJob) -> Result<()> {
     if matches!(job.part, BenchPart::All | BenchPart::Train) {
         let mut train = TrainConfig::mnist();
         train.model = config.clone();
-        let tokens_per_s = bench_train(train, device, job.train_steps)?;
+        let tokens_per_s = bench_train(train, device, job.train_steps, GRADIENT_SLICES)?;
         println!(
             "train: {tokens_per_s:.0} tokens/s (clean + noisy as the reference counts them, batch 16, AdamW)"
         );
@@ -205,10 +211,14 @@ fn bench_video(job: &BenchJob) -> Result<()> {
         config.depth
     );
     let vae = train.vae.clone();
-    let tokens_per_s = bench_train(train, device, job.train_steps)?;
+    let step_tokens = 16.0 * 2.0 * config.seq_len() as f64;
+    let one_slice = bench_train(train.clone(), device, job.train_steps, 1)?;
+    let sliced = bench_train(train, device, job.train_steps, GRADIENT_SLICES)?;
     println!(
-        "video train: {tokens_per_s:.0} tokens/s, {:.2} s a step of 16 clips",
-        16.0 * 2.0 * config.seq_len() as f64 / tokens_per_s
+        "video train: {sliced:.0} tokens/s, {:.2} s a step of 16 clips ({GRADIENT_SLICES} slices of the batch at once); {one_slice:.0} tokens/s, {:.2} s, as one ({:.2}x)",
+        step_tokens / sliced,
+        step_tokens / one_slice,
+        sliced / one_slice
     );
     let frames = config.temporal_len as f64;
     let cached = frames * bench_sample(&config, true, device, job.sample_rounds);

@@ -75,7 +75,20 @@ impl AdamW {
         lr_scale: impl Fn(&str) -> f64,
     ) -> (M, f32) {
         let grads = flat_params(&model, Some(grads));
-        let norm = Self::grad_norm(&grads);
+        self.apply_if_finite(model, &grads, lr, clip, lr_scale)
+    }
+
+    /// As [`Self::step_if_finite_scaled`], with the gradients already gathered by parameter name
+    /// (as [`flat_params`] gathers them): the sum of a batch's shards.
+    pub fn apply_if_finite<M: Module>(
+        &mut self,
+        model: M,
+        grads: &BTreeMap<String, Tensor<1>>,
+        lr: f64,
+        clip: Option<f64>,
+        lr_scale: impl Fn(&str) -> f64,
+    ) -> (M, f32) {
+        let norm = Self::grad_norm(grads);
         if !norm.is_finite() {
             return (model, norm);
         }
