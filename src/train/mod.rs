@@ -491,8 +491,8 @@ impl Trainer {
     }
 
     /// The batch's mean loss and its gradients by parameter name, computed in `slices` slices
-    /// of the batch at once, one a thread, and summed. Each slice's
-    /// loss is its share of the whole batch's mean, so the sum is the whole batch's gradient.
+    /// of the batch at once, one a thread, and summed. Each slice's loss is its share of the
+    /// whole batch's mean, so the sum is the whole batch's gradient.
     /// Each slice runs on its own copy of the parameters (new autodiff leaves): slices that shared
     /// them would share one autodiff graph, and its lock would run them one after the other.
     fn batch_gradients(&self, batch: &Batch, slices: usize) -> (f64, BTreeMap<String, Tensor<1>>) {
