@@ -1,4 +1,5 @@
-//! What the tests share: where the reference's conformance vectors live.
+//! What the tests share: where the reference's conformance vectors live, and weights loaded
+//! as `acdit sample` loads them.
 
 use std::path::PathBuf;
 
@@ -20,4 +21,17 @@ pub fn conformance_dir() -> PathBuf {
         dir.display()
     );
     dir
+}
+
+/// Weights loaded as `acdit sample` loads them with no `--vae`: with the VAE they record
+/// attached (none for a pixel model).
+pub fn sampling_model(
+    source: crate::checkpoint::load::WeightsSource,
+    kind: crate::checkpoint::load::WeightsKind,
+    device: &burn::prelude::Device,
+) -> crate::sampling::SamplingModel {
+    crate::sampling::load_model(source, kind, None, device)
+        .unwrap()
+        .with_vae(None, device)
+        .unwrap()
 }

@@ -323,15 +323,11 @@ mod tests {
         // It draws in the built-in frame VAE's latents, which decode to 32x32 grey frames.
         assert_eq!(loaded.vae.as_deref(), Some("moving-mnist"));
         let device = burn::prelude::Device::flex();
-        let sampling = crate::sampling::load_model(
+        let sampling = crate::testing::sampling_model(
             WeightsSource::BuiltIn(built_in),
             WeightsKind::Ema,
-            None,
             &device,
-        )
-        .unwrap()
-        .with_vae(None, &device)
-        .unwrap();
+        );
         assert_eq!(sampling.frame_side(), 32);
         let vae = sampling.vae.as_ref().unwrap().vae.config();
         assert_eq!((vae.in_channels, vae.out_channels), (1, 1));

@@ -20,8 +20,8 @@ mod tests {
     use crate::checkpoint::load::{WeightsKind, WeightsSource};
     use crate::checkpoint::tensors::SafetensorsFile;
     use crate::diffusion::blockwise::Generation;
-    use crate::sampling::{SampleJob, load_model, run_job};
-    use crate::testing::conformance_dir;
+    use crate::sampling::{SampleJob, run_job};
+    use crate::testing::{conformance_dir, sampling_model};
     use crate::train::job::{TrainJob, TrainOverrides};
     use crate::vae::NamedVae;
 
@@ -152,22 +152,12 @@ mod tests {
 
         // Sampling from the run's EMA weights finds the VAE they record and decodes to 32x32 RGB.
         let ema = run.join("ema.safetensors");
-        let model = load_model(WeightsSource::File(&ema), WeightsKind::Ema, None, &device)
-            .unwrap()
-            .with_vae(None, &device)
-            .unwrap();
+        let model = sampling_model(WeightsSource::File(&ema), WeightsKind::Ema, &device);
         assert_eq!(model.class_names, ["cat", "dog"]);
         // So does the run's training checkpoint, which records the same VAE.
         let checkpoint = run.join("checkpoint.safetensors");
-        let from_checkpoint = load_model(
-            WeightsSource::File(&checkpoint),
-            WeightsKind::Ema,
-            None,
-            &device,
-        )
-        .unwrap()
-        .with_vae(None, &device)
-        .unwrap();
+        let from_checkpoint =
+            sampling_model(WeightsSource::File(&checkpoint), WeightsKind::Ema, &device);
         assert_eq!(
             from_checkpoint.vae.as_ref().map(|v| v.name.as_str()),
             model.vae.as_ref().map(|v| v.name.as_str())

@@ -79,7 +79,7 @@ impl AdamW {
     }
 
     /// As [`Self::step_if_finite_scaled`], with the gradients already gathered by parameter name
-    /// (as [`flat_params`] gathers them): the sum of a batch's shards.
+    /// (as [`flat_params`] gathers them): the sum of a batch's slices.
     pub fn apply_if_finite<M: Module>(
         &mut self,
         model: M,

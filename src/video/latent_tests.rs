@@ -15,7 +15,8 @@ use crate::config::{ModelConfig, VideoShape};
 use crate::data::idx::{Split, embedded_mnist};
 use crate::data::{TrainingSet, scale};
 use crate::diffusion::blockwise::{DEFAULT_GUIDANCE, Generation};
-use crate::sampling::{SampleJob, load_model, run_job};
+use crate::sampling::{SampleJob, run_job};
+use crate::testing::sampling_model;
 use crate::train::TrainConfig;
 use crate::train::job::{TrainJob, TrainOverrides, TrainPreset};
 use crate::vae::NamedVae;
@@ -139,15 +140,7 @@ fn a_latent_video_run_records_its_vae_and_predicts_and_samples_through_it() {
     let job = train_job(dir.path(), &latent_config(Some(vae.clone())), &data);
     job.run(&device.clone().autodiff()).unwrap();
     let weights = dir.path().join("run/ema.safetensors");
-    let sampling = load_model(
-        WeightsSource::File(&weights),
-        WeightsKind::Ema,
-        None,
-        &device,
-    )
-    .unwrap()
-    .with_vae(None, &device)
-    .unwrap();
+    let sampling = sampling_model(WeightsSource::File(&weights), WeightsKind::Ema, &device);
     assert_eq!(
         sampling.vae.as_ref().map(|v| v.name.as_str()),
         Some(vae.as_str())
@@ -159,10 +152,7 @@ fn a_latent_video_run_records_its_vae_and_predicts_and_samples_through_it() {
     // Both copies of the weights in the training checkpoint sample as the EMA file does.
     let checkpoint = dir.path().join("run/checkpoint.safetensors");
     for kind in [WeightsKind::Ema, WeightsKind::Model] {
-        let from_checkpoint = load_model(WeightsSource::File(&checkpoint), kind, None, &device)
-            .unwrap()
-            .with_vae(None, &device)
-            .unwrap();
+        let from_checkpoint = sampling_model(WeightsSource::File(&checkpoint), kind, &device);
         assert_eq!(
             from_checkpoint.vae.as_ref().map(|v| v.name.as_str()),
             Some(vae.as_str()),
