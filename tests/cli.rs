@@ -98,7 +98,7 @@ fn help_shows_what_each_preset_sets_and_the_guidance_alias() {
     let binary = Path::new(env!("CARGO_BIN_EXE_acdit"));
     let help = text(&acdit(temp.path(), binary, &["train", "--help"]));
     assert!(
-        help.contains("[presets: mnist 9000, fashion-mnist 5000, moving-mnist 20000]"),
+        help.contains("[presets: mnist 9000, fashion-mnist 5000, moving-mnist 24000]"),
         "{help}"
     );
     let output = acdit(

@@ -27,8 +27,8 @@ use crate::video::training::{ClipSet, EncodedClips, GeneratedClips};
 /// Generated clips counted as one epoch: only when the data order reshuffles depends on it.
 const GENERATED_EPOCH: usize = 10_000;
 /// Generated clips a latent video run encodes once (2 minutes on 2 cores at the preset) rather
-/// than running the encoder in every step (three quarters of a step at patch 2): 20,000 steps
-/// of 4 see each 10 times.
+/// than running the encoder in every step (three quarters of a step at patch 2): 24,000 steps
+/// of 4 see each 12 times.
 pub const ENCODED_CLIPS: usize = 8000;
 
 /// A training recipe by name.

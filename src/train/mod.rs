@@ -88,7 +88,7 @@ impl TrainConfig {
     /// The Moving MNIST recipe: one-digit clips of 8 frames of 32x32 (digits drawn at 16x16 so
     /// that they have room to move), drawn in the latents of the built-in frame VAE (`acdit
     /// train-vae`: 8x8 latents of 4 channels a frame, whose decoder renders the strokes), patch 2
-    /// (16 tokens a frame), one frame a block, hidden 128, depth 4; batch 4, 20,000 steps at 2e-3,
+    /// (16 tokens a frame), one frame a block, hidden 128, depth 4; batch 4, 24,000 steps at 2e-3,
     /// from the image model of [`Self::moving_mnist_frames`] (`--init`), so that the run spends
     /// its time on motion rather than on drawing digits. A digit moves by part of a token a
     /// frame, which attention alone follows slowly, so two local additions start at zero: the
@@ -121,7 +121,7 @@ impl TrainConfig {
             guidance: 4.0,
             ema_decay: 0.995,
             batch_size: 4,
-            steps: 20000,
+            steps: 24000,
             warmup_steps: 50,
             ..Self::fashion_mnist()
         }
