@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
 
 use super::crop::center_crop;
 use super::manifest::{FORMAT, LatentManifest, digest_sources};
@@ -108,39 +109,19 @@ impl CacheLatentsJob {
             bar.println(format!("{kept} of {shards} shards already written: kept"));
         }
         for k in (0..shards).filter(|&k| !done[k]) {
-            let range = manifest.shard_range(k);
-            let mut latents = Vec::with_capacity(range.len() * manifest.latent_len());
-            let mut labels = Vec::with_capacity(range.len());
-            let items: Vec<usize> = range.collect();
-            for chunk in items.chunks(self.batch) {
-                let mut pixels = Vec::new();
-                for &item in chunk {
-                    let (path, label) = &files[item / copies];
-                    let image = decode(path, 3)?.into_rgb8();
-                    let mut image = center_crop(image, self.resolution as u32);
-                    if item % copies == 1 {
-                        image = image::imageops::flip_horizontal(&image);
-                    }
-                    let image = match channels {
-                        1 => image::DynamicImage::ImageLuma8(
-                            image::DynamicImage::ImageRgb8(image).into_luma8(),
-                        ),
-                        _ => image::DynamicImage::ImageRgb8(image),
-                    };
-                    push_chw(&mut pixels, &image, channels);
-                    labels.push(i64::from(*label));
-                }
-                let r = self.resolution;
-                let batch = Tensor::<1>::from_floats(pixels.as_slice(), device).reshape([
-                    chunk.len(),
-                    channels,
-                    r,
-                    r,
-                ]);
-                let encoded = vae.encode_scaled(batch).into_data().convert::<f32>();
-                latents.extend(encoded.try_to_vec::<f32>().expect("f32 latents"));
-                bar.inc(chunk.len() as u64);
-            }
+            let items: Vec<usize> = manifest.shard_range(k).collect();
+            // The batches run on rayon's threads: one batch's small convolutions keep about one
+            // core busy. Each is the same batch as in order, so the shard is too.
+            let batches = items
+                .par_chunks(self.batch)
+                .map(|chunk| {
+                    let encoded = self.encode_batch(vae, &files, chunk, device)?;
+                    bar.inc(chunk.len() as u64);
+                    Ok(encoded)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let (latents, labels): (Vec<Vec<f32>>, Vec<Vec<i64>>) = batches.into_iter().unzip();
+            let (latents, labels) = (latents.concat(), labels.concat());
             let [c, h, w] = manifest.latent_shape;
             let path = LatentManifest::shard_path(&self.out, k);
             let metadata = std::collections::BTreeMap::from([
@@ -167,6 +148,46 @@ impl CacheLatentsJob {
             kept,
             items: manifest.items,
         })
+    }
+
+    /// The images `items` name (each odd item a mirror image when flipping) -> their scaled
+    /// latents and labels.
+    fn encode_batch(
+        &self,
+        vae: &Vae,
+        files: &[(PathBuf, u32)],
+        items: &[usize],
+        device: &Device,
+    ) -> Result<(Vec<f32>, Vec<i64>)> {
+        let copies = if self.flip { 2 } else { 1 };
+        let channels = vae.config().in_channels;
+        let mut pixels = Vec::new();
+        let mut labels = Vec::with_capacity(items.len());
+        for &item in items {
+            let (path, label) = &files[item / copies];
+            let image = decode(path, 3)?.into_rgb8();
+            let mut image = center_crop(image, self.resolution as u32);
+            if item % copies == 1 {
+                image = image::imageops::flip_horizontal(&image);
+            }
+            let image = match channels {
+                1 => image::DynamicImage::ImageLuma8(
+                    image::DynamicImage::ImageRgb8(image).into_luma8(),
+                ),
+                _ => image::DynamicImage::ImageRgb8(image),
+            };
+            push_chw(&mut pixels, &image, channels);
+            labels.push(i64::from(*label));
+        }
+        let r = self.resolution;
+        let batch = Tensor::<1>::from_floats(pixels.as_slice(), device).reshape([
+            items.len(),
+            channels,
+            r,
+            r,
+        ]);
+        let encoded = vae.encode_scaled(batch).into_data().convert::<f32>();
+        Ok((encoded.try_to_vec::<f32>().expect("f32 latents"), labels))
     }
 }
 

@@ -117,6 +117,30 @@ mod tests {
             .to_string();
         assert!(message.contains("other settings"), "{message}");
 
+        // A shard of all 12 items encoded one a batch, the batches on several threads, holds
+        // what 12 shards of one item hold, in the same order.
+        let one_shard = temp.path().join("one-shard");
+        let in_parallel = CacheLatentsJob {
+            shard_size: 12,
+            batch: 1,
+            ..cache_job(&images, &one_shard, 32)
+        };
+        in_parallel.run(&vae.vae, &device).unwrap();
+        let one_a_shard = temp.path().join("one-a-shard");
+        let in_order = CacheLatentsJob {
+            shard_size: 1,
+            batch: 1,
+            ..cache_job(&images, &one_a_shard, 32)
+        };
+        in_order.run(&vae.vae, &device).unwrap();
+        let (one_shard, one_a_shard) = (
+            LatentSet::open(&one_shard).unwrap(),
+            LatentSet::open(&one_a_shard).unwrap(),
+        );
+        for i in 0..12 {
+            assert_eq!(one_shard.get(i), one_a_shard.get(i), "item {i}");
+        }
+
         // Mirror images follow their originals, and labels follow the sorted class folders.
         let set = LatentSet::open(&whole).unwrap();
         assert_eq!(set.len(), 12);

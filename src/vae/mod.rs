@@ -15,6 +15,7 @@ use std::path::Path;
 
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
+use rayon::prelude::*;
 
 use crate::checkpoint::module_io::{Naming, expected_shapes, load_module};
 use crate::checkpoint::tensors::{CheckpointError, read_safetensors};
@@ -166,7 +167,9 @@ impl NamedVae {
 
     /// Grey frames (n, h, w) uint8 -> ACDiT latents (n, latent_channels, h / d, w / d), `batch`
     /// at a time: the posterior mean, scaled. A VAE of three input channels gets each frame as
-    /// three equal ones.
+    /// three equal ones. The batches run on rayon's threads, since one batch's small
+    /// convolutions keep about one core busy; each is the same batch as in order, so the
+    /// latents are too.
     pub fn encode_frames(
         &self,
         frames: &[u8],
@@ -182,19 +185,21 @@ impl NamedVae {
             );
         }
         let device = self.vae.encoder.conv_in.weight.device();
-        let mut latents = Vec::new();
-        for chunk in frames.chunks(batch.max(1) * h * w) {
-            let n = chunk.len() / (h * w);
-            let grey: Vec<f32> = chunk.iter().map(|&b| crate::data::scale(b)).collect();
-            let x = Tensor::<1>::from_floats(grey.as_slice(), &device).reshape([n, 1, h, w]);
-            let x = match channels {
-                1 => x,
-                _ => Tensor::cat(vec![x.clone(), x.clone(), x], 1),
-            };
-            let z = self.vae.encode_scaled(x).into_data().convert::<f32>();
-            latents.extend(z.try_to_vec::<f32>().expect("f32 latents"));
-        }
-        Ok(latents)
+        let batches: Vec<Vec<f32>> = frames
+            .par_chunks(batch.max(1) * h * w)
+            .map(|chunk| {
+                let n = chunk.len() / (h * w);
+                let grey: Vec<f32> = chunk.iter().map(|&b| crate::data::scale(b)).collect();
+                let x = Tensor::<1>::from_floats(grey.as_slice(), &device).reshape([n, 1, h, w]);
+                let x = match channels {
+                    1 => x,
+                    _ => Tensor::cat(vec![x.clone(), x.clone(), x], 1),
+                };
+                let z = self.vae.encode_scaled(x).into_data().convert::<f32>();
+                z.try_to_vec::<f32>().expect("f32 latents")
+            })
+            .collect();
+        Ok(batches.concat())
     }
 
     /// ACDiT latents (n, latent_channels, h, w) -> pixels (n, out_channels, d h, d w) for the

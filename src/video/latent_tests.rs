@@ -115,6 +115,30 @@ fn encoded_clips_hold_each_frames_scaled_latent_mean() {
     assert!(worst < 1e-5, "frame 2 of clip 3 differs by {worst}");
 }
 
+/// Frames encoded in batches on several threads come back in order, each as if encoded alone.
+#[test]
+fn frames_encoded_in_parallel_batches_keep_their_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = clips();
+    let frames = dir.path().join("clips.npz");
+    write_clips(&frames, &real).unwrap();
+    let vae = NamedVae::load(&frame_vae(dir.path(), &frames), &Device::flex()).unwrap();
+    // 24 frames in batches of 5: five batches, the last of 4.
+    let batched = vae.encode_frames(&real.clips, [16, 16], 5).unwrap();
+    let alone: Vec<f32> = real
+        .clips
+        .chunks(256)
+        .flat_map(|frame| vae.encode_frames(frame, [16, 16], 1).unwrap())
+        .collect();
+    assert_eq!(batched.len(), 24 * 64);
+    let worst = batched
+        .iter()
+        .zip(&alone)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-5, "batched latents differ by {worst}");
+}
+
 #[test]
 fn a_latent_video_run_records_its_vae_and_predicts_and_samples_through_it() {
     let dir = tempfile::tempdir().unwrap();
