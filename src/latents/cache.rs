@@ -60,7 +60,6 @@ impl CacheLatentsJob {
         }
         let (class_names, files) = list_image_folder(&self.images)?;
         let paths: Vec<PathBuf> = files.iter().map(|(path, _)| path.clone()).collect();
-        let copies = if self.flip { 2 } else { 1 };
         let side = self.resolution / down;
         let manifest = LatentManifest {
             format: FORMAT.into(),
@@ -69,7 +68,7 @@ impl CacheLatentsJob {
             resolution: self.resolution,
             flip: self.flip,
             shard_size: self.shard_size,
-            items: files.len() * copies,
+            items: files.len() * self.copies(),
             latent_shape: [config.latent_channels, side, side],
             class_names,
             sources: digest_sources(&self.images, &paths)?,
@@ -150,6 +149,11 @@ impl CacheLatentsJob {
         })
     }
 
+    /// Items an image makes: itself, and its mirror image when flipping.
+    fn copies(&self) -> usize {
+        if self.flip { 2 } else { 1 }
+    }
+
     /// The images `items` name (each odd item a mirror image when flipping) -> their scaled
     /// latents and labels.
     fn encode_batch(
@@ -159,7 +163,7 @@ impl CacheLatentsJob {
         items: &[usize],
         device: &Device,
     ) -> Result<(Vec<f32>, Vec<i64>)> {
-        let copies = if self.flip { 2 } else { 1 };
+        let copies = self.copies();
         let channels = vae.config().in_channels;
         let mut pixels = Vec::new();
         let mut labels = Vec::with_capacity(items.len());
