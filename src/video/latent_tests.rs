@@ -46,6 +46,15 @@ fn frame_vae(dir: &Path, frames: &Path) -> String {
     out.display().to_string()
 }
 
+/// The six clips, and a frame VAE trained on them in `dir`.
+fn clips_and_their_frame_vae(dir: &Path) -> (Clips, NamedVae) {
+    let real = clips();
+    let frames = dir.join("clips.npz");
+    write_clips(&frames, &real).unwrap();
+    let vae = NamedVae::load(&frame_vae(dir, &frames), &Device::flex()).unwrap();
+    (real, vae)
+}
+
 /// A tiny video model in the VAE's 4x4 latents of 4 channels.
 fn latent_config(vae: Option<String>) -> TrainConfig {
     TrainConfig {
@@ -89,10 +98,7 @@ fn train_job(dir: &Path, config: &TrainConfig, data: &Path) -> TrainJob {
 #[test]
 fn encoded_clips_hold_each_frames_scaled_latent_mean() {
     let dir = tempfile::tempdir().unwrap();
-    let real = clips();
-    let frames = dir.path().join("clips.npz");
-    write_clips(&frames, &real).unwrap();
-    let vae = NamedVae::load(&frame_vae(dir.path(), &frames), &Device::flex()).unwrap();
+    let (real, vae) = clips_and_their_frame_vae(dir.path());
     let set = EncodedClips::encode(&vae, &real, vec!["a".into(); 10]).unwrap();
     let (item, label) = set.item(0, 3);
     assert_eq!(i64::from(label), real.labels.as_ref().unwrap()[3]);
@@ -119,10 +125,7 @@ fn encoded_clips_hold_each_frames_scaled_latent_mean() {
 #[test]
 fn frames_encoded_in_parallel_batches_keep_their_order() {
     let dir = tempfile::tempdir().unwrap();
-    let real = clips();
-    let frames = dir.path().join("clips.npz");
-    write_clips(&frames, &real).unwrap();
-    let vae = NamedVae::load(&frame_vae(dir.path(), &frames), &Device::flex()).unwrap();
+    let (real, vae) = clips_and_their_frame_vae(dir.path());
     // 24 frames in batches of 5: five batches, the last of 4.
     let batched = vae.encode_frames(&real.clips, [16, 16], 5).unwrap();
     let alone: Vec<f32> = real
