@@ -119,24 +119,19 @@ mod tests {
 
         // A shard of all 12 items encoded one a batch, the batches on several threads, holds
         // what 12 shards of one item hold, in the same order.
-        let one_shard = temp.path().join("one-shard");
-        let in_parallel = CacheLatentsJob {
-            shard_size: 12,
-            batch: 1,
-            ..cache_job(&images, &one_shard, 32)
+        let encoded_in_shards_of = |shard_size: usize, name: &str| {
+            let out = temp.path().join(name);
+            CacheLatentsJob {
+                shard_size,
+                batch: 1,
+                ..cache_job(&images, &out, 32)
+            }
+            .run(&vae.vae, &device)
+            .unwrap();
+            LatentSet::open(&out).unwrap()
         };
-        in_parallel.run(&vae.vae, &device).unwrap();
-        let one_a_shard = temp.path().join("one-a-shard");
-        let in_order = CacheLatentsJob {
-            shard_size: 1,
-            batch: 1,
-            ..cache_job(&images, &one_a_shard, 32)
-        };
-        in_order.run(&vae.vae, &device).unwrap();
-        let (one_shard, one_a_shard) = (
-            LatentSet::open(&one_shard).unwrap(),
-            LatentSet::open(&one_a_shard).unwrap(),
-        );
+        let one_shard = encoded_in_shards_of(12, "one-shard");
+        let one_a_shard = encoded_in_shards_of(1, "one-a-shard");
         for i in 0..12 {
             assert_eq!(one_shard.get(i), one_a_shard.get(i), "item {i}");
         }

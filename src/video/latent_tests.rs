@@ -55,6 +55,14 @@ fn clips_and_their_frame_vae(dir: &Path) -> (Clips, NamedVae) {
     (real, vae)
 }
 
+/// The largest absolute difference between two runs of latents.
+fn largest_difference(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max)
+}
+
 /// A tiny video model in the VAE's 4x4 latents of 4 channels.
 fn latent_config(vae: Option<String>) -> TrainConfig {
     TrainConfig {
@@ -113,11 +121,7 @@ fn encoded_clips_hold_each_frames_scaled_latent_mean() {
         .try_to_vec::<f32>()
         .unwrap();
     let stored = &item[2 * 64..3 * 64];
-    let worst = direct
-        .iter()
-        .zip(stored)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let worst = largest_difference(&direct, stored);
     assert!(worst < 1e-5, "frame 2 of clip 3 differs by {worst}");
 }
 
@@ -134,11 +138,7 @@ fn frames_encoded_in_parallel_batches_keep_their_order() {
         .flat_map(|frame| vae.encode_frames(frame, [16, 16], 1).unwrap())
         .collect();
     assert_eq!(batched.len(), 24 * 64);
-    let worst = batched
-        .iter()
-        .zip(&alone)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let worst = largest_difference(&batched, &alone);
     assert!(worst < 1e-5, "batched latents differ by {worst}");
 }
 
