@@ -620,6 +620,11 @@ struct TrainArgs {
     ema_decay: Option<f64>,
     #[arg(long, help = with_preset_values("Guidance scale of the sample grids, recorded in the weights as the one sample and predict use", |c| c.guidance.to_string()))]
     guidance: Option<f64>,
+    #[arg(long, help = with_preset_values(
+        "Min-SNR-gamma weighting of the loss, 0 for the plain epsilon loss",
+        |c| c.min_snr_gamma.map_or("none".to_string(), |v| v.to_string())
+    ))]
+    min_snr_gamma: Option<f64>,
     #[arg(long, help = with_preset_values("Seed of initialisation, data order and noise", |c| c.seed.to_string()))]
     seed: Option<u64>,
     #[arg(long, help = with_preset_values("Steps between checkpoints", |c| c.checkpoint_every.to_string()))]
@@ -985,6 +990,7 @@ fn train(args: TrainArgs) -> Result<()> {
             warmup_steps: args.warmup_steps,
             grad_clip: args.grad_clip,
             ema_decay: args.ema_decay,
+            min_snr_gamma: args.min_snr_gamma,
             guidance: args.guidance,
             seed: args.seed,
             checkpoint_every: args.checkpoint_every,

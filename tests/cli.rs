@@ -101,6 +101,10 @@ fn help_shows_what_each_preset_sets_and_the_guidance_alias() {
         help.contains("[presets: mnist 9000, fashion-mnist 5000, moving-mnist 24000]"),
         "{help}"
     );
+    assert!(
+        help.contains("[presets: mnist none, fashion-mnist none, moving-mnist 5]"),
+        "{help}"
+    );
     let output = acdit(
         temp.path(),
         binary,

@@ -84,6 +84,7 @@ pub struct TrainOverrides {
     pub grad_clip: Option<f64>,
     pub ema_decay: Option<f64>,
     pub guidance: Option<f64>,
+    pub min_snr_gamma: Option<f64>,
     pub seed: Option<u64>,
     pub checkpoint_every: Option<u64>,
     pub sample_every: Option<u64>,
@@ -120,6 +121,9 @@ impl TrainOverrides {
         if let Some(v) = self.guidance {
             config.guidance = v;
         }
+        if let Some(v) = self.min_snr_gamma {
+            config.min_snr_gamma = (v > 0.0).then_some(v);
+        }
         if let Some(v) = self.precision {
             config.precision = v;
         }
@@ -136,6 +140,7 @@ impl TrainOverrides {
             ("--grad-clip", self.grad_clip.is_some()),
             ("--ema-decay", self.ema_decay.is_some()),
             ("--guidance", self.guidance.is_some()),
+            ("--min-snr-gamma", self.min_snr_gamma.is_some()),
             ("--seed", self.seed.is_some()),
             ("--checkpoint-every", self.checkpoint_every.is_some()),
             ("--sample-every", self.sample_every.is_some()),
