@@ -1,5 +1,5 @@
-//! What the tests share: where the reference's conformance vectors live, and weights loaded
-//! as `acdit sample` loads them.
+//! What the tests share: where the reference's conformance vectors live, weights loaded as
+//! `acdit sample` loads them, and how far apart two runs of values are.
 
 use std::path::PathBuf;
 
@@ -34,4 +34,13 @@ pub fn sampling_model(
         .unwrap()
         .with_vae(None, device)
         .unwrap()
+}
+
+/// The largest absolute difference between two runs of values of the same length.
+pub fn largest_difference(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "values to compare differ in length");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }

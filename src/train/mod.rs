@@ -742,10 +742,7 @@ mod tests {
             for (name, g) in &whole {
                 let (a, b) = (host(g), host(&sliced[name]));
                 let scale = a.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-                let worst = a
-                    .iter()
-                    .zip(&b)
-                    .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+                let worst = crate::testing::largest_difference(&a, &b);
                 assert!(
                     worst <= 1e-4 * scale,
                     "{slices} slices, {name}: off by {worst} of {scale}"

@@ -316,16 +316,9 @@ impl FeaturesJob {
 mod tests {
     use super::*;
     use crate::model::tests::{random_model, random_tensor, tiny_config};
+    use crate::testing::largest_difference;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
-
-    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
-    }
 
     #[test]
     fn clean_path_features_equal_the_training_forwards_clean_states() {
@@ -354,7 +347,7 @@ mod tests {
                 .into_data()
                 .try_to_vec::<f32>()
                 .unwrap();
-            assert!(max_diff(&train, &encoded) < 1e-5, "layer {layer}");
+            assert!(largest_difference(&train, &encoded) < 1e-5, "layer {layer}");
         }
     }
 
@@ -374,7 +367,7 @@ mod tests {
                 let all = encode_images(&model, &pixels, n, 2, pool, n, &bar);
                 let one_by_one = encode_images(&model, &pixels, n, 2, pool, 1, &bar);
                 assert_eq!(all.len(), n * pooled_width(&config, pool));
-                assert!(max_diff(&all, &one_by_one) < 1e-5, "{pool:?}");
+                assert!(largest_difference(&all, &one_by_one) < 1e-5, "{pool:?}");
             }
         }
     }
@@ -420,7 +413,7 @@ mod tests {
             .into_data()
             .try_to_vec::<f32>()
             .unwrap();
-        assert!(max_diff(&predicted, &via_states) < 1e-5);
+        assert!(largest_difference(&predicted, &via_states) < 1e-5);
     }
 
     #[test]

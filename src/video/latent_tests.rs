@@ -16,7 +16,7 @@ use crate::data::idx::{Split, embedded_mnist};
 use crate::data::{TrainingSet, scale};
 use crate::diffusion::blockwise::{DEFAULT_GUIDANCE, Generation};
 use crate::sampling::{SampleJob, run_job};
-use crate::testing::sampling_model;
+use crate::testing::{largest_difference, sampling_model};
 use crate::train::TrainConfig;
 use crate::train::job::{TrainJob, TrainOverrides, TrainPreset};
 use crate::vae::NamedVae;
@@ -53,14 +53,6 @@ fn clips_and_their_frame_vae(dir: &Path) -> (Clips, NamedVae) {
     write_clips(&frames, &real).unwrap();
     let vae = NamedVae::load(&frame_vae(dir, &frames), &Device::flex()).unwrap();
     (real, vae)
-}
-
-/// The largest absolute difference between two runs of latents.
-fn largest_difference(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max)
 }
 
 /// A tiny video model in the VAE's 4x4 latents of 4 channels.
